@@ -1,0 +1,189 @@
+"""TrainConfig: every hyperparameter of a training run, frozen and validated on creation."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from cvae.errors import ConfigError
+
+KL_ANNEAL_TYPES = ("Cyclical", "Monotonic", "None")
+OPTIMIZERS = ("Adam", "AdamW")
+LR_SCHEDULES = ("multistep", "cosine", "constant")
+MIN_FRAME_SIDE = 8  # the Label_Encoder's 7x7 reflection-padded stem needs more than 3 pixels a side
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Field names follow the lab's argparse flags so old commands still work."""
+
+    # data and output
+    DR: str = "data/dance"
+    save_root: str = "runs/train"
+    partial: float = 1.0
+    train_vi_len: int = 16
+    val_vi_len: int = 630
+    frame_H: int = 32
+    frame_W: int = 64
+    # model
+    F_dim: int = 128
+    L_dim: int = 32
+    N_dim: int = 12
+    D_out_dim: int = 192
+    # optimisation
+    batch_size: int = 2
+    lr: float = 0.001
+    optim: str = "Adam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "multistep"
+    milestones: tuple[int, ...] = (2, 5)
+    gamma: float = 0.1
+    lr_min: float = 0.0
+    grad_clip: float = 1.0
+    num_epoch: int = 70
+    per_save: int = 3
+    # teacher forcing
+    tfr: float = 1.0
+    tfr_sde: int = 10
+    tfr_d_step: float = 0.1
+    # KL annealing
+    kl_anneal_type: str = "Cyclical"
+    kl_anneal_cycle: int = 10
+    kl_anneal_ratio: float = 1.0
+    # the lab's warm-up on a fraction of the clips
+    fast_train: bool = False
+    fast_partial: float = 0.4
+    fast_train_epoch: int = 5
+    # run
+    seed: int = 1
+    device: str = "auto"
+    bf16: bool = False  # bf16 autocast, CUDA only
+    channels_last: bool = True  # NHWC makes the 1x1 convs plain matrix products: faster on CPU and GPU
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, _field_type(f), getattr(self, f.name)))
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (lists, not tuples), fit for YAML, JSON and checkpoints."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """Build from a mapping; an unknown key is a ConfigError naming it and `source`."""
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"{source}: unknown TrainConfig key {key!r}{_did_you_mean(key, known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Apply the overrides of a YAML file to `base` (default: the defaults)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of TrainConfig keys, got {type(values).__name__}")
+    merged = {**(base or TrainConfig()).to_dict(), **values}
+    return TrainConfig.from_dict(merged, source=str(path))
+
+
+def _field_type(f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(TrainConfig)[f.name]
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Accept what YAML and the command line give (ints for floats, lists for tuples, 'true')."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    if typing.get_origin(kind) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
+        return tuple(_coerce(name, int, item) for item in items if item != "")
+    raise TypeError(f"TrainConfig field {name} has an unsupported type {kind}")
+
+
+def _validate(cfg: TrainConfig) -> None:
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r}: {what}")
+
+    need(cfg.kl_anneal_type in KL_ANNEAL_TYPES, "kl_anneal_type", f"must be one of {', '.join(KL_ANNEAL_TYPES)}")
+    need(cfg.optim in OPTIMIZERS, "optim", f"must be one of {', '.join(OPTIMIZERS)}")
+    need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
+    need(cfg.lr > 0, "lr", "must be positive")
+    need(0 <= cfg.lr_min <= cfg.lr, "lr_min", "must be between 0 and lr")
+    need(cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(0 < cfg.gamma <= 1, "gamma", "must be in (0, 1]")
+    need(list(cfg.milestones) == sorted(set(cfg.milestones)) and all(m > 0 for m in cfg.milestones),
+         "milestones", "must be increasing positive epochs")
+    need(cfg.grad_clip > 0, "grad_clip", "must be positive")
+    need(cfg.batch_size >= 1, "batch_size", "must be >= 1")
+    need(cfg.num_epoch >= 1, "num_epoch", "must be >= 1")
+    need(cfg.per_save >= 1, "per_save", "must be >= 1")
+    need(0 < cfg.partial <= 1, "partial", "must be in (0, 1]")
+    need(0 < cfg.fast_partial <= 1, "fast_partial", "must be in (0, 1]")
+    need(cfg.fast_train_epoch >= 0, "fast_train_epoch", "must be >= 0")
+    need(cfg.train_vi_len >= 2, "train_vi_len", "must be >= 2 (a first frame and one to predict)")
+    need(cfg.val_vi_len >= 2, "val_vi_len", "must be >= 2 (a first frame and one to predict)")
+    for side in ("frame_H", "frame_W"):
+        need(getattr(cfg, side) >= MIN_FRAME_SIDE, side, f"must be >= {MIN_FRAME_SIDE} pixels")
+    for dim in ("F_dim", "L_dim", "N_dim", "D_out_dim"):
+        need(getattr(cfg, dim) >= 1, dim, "must be >= 1")
+    need(cfg.F_dim % 8 == 0, "F_dim", "must be divisible by 8 (the RGB_Encoder widens in steps of F_dim/8)")
+    need(cfg.L_dim % 2 == 0, "L_dim", "must be even (the Label_Encoder's stem has L_dim/2 channels)")
+    need(cfg.D_out_dim % 8 == 0, "D_out_dim", "must be divisible by 8 (the Generator narrows in steps of D_out_dim/8)")
+    need(0 <= cfg.tfr <= 1, "tfr", "must be in [0, 1]")
+    need(cfg.tfr_sde >= 0, "tfr_sde", "must be >= 0")
+    need(cfg.tfr_d_step >= 0, "tfr_d_step", "must be >= 0")
+    need(cfg.kl_anneal_cycle >= 1, "kl_anneal_cycle", "must be >= 1")
+    need(0 < cfg.kl_anneal_ratio <= 1, "kl_anneal_ratio", "must be in (0, 1]")
+    need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+         "device", "must be auto, cpu, cuda or cuda:N")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

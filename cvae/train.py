@@ -1,0 +1,252 @@
+"""fit(cfg, data, callbacks) -> History: batched CVAE training with validation rollouts and checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cvae import checkpoint
+from cvae.config import TrainConfig
+from cvae.data import VideoData
+from cvae.errors import CheckpointError, TrainingDiverged
+from cvae.metrics import psnr
+from cvae.model import VideoCVAE
+from cvae.schedules import kl_beta, make_lr_scheduler, make_optimizer, teacher_forcing_ratio
+
+log = logging.getLogger(__name__)
+
+NAN_CHECK_EVERY = 10  # batches between host syncs that look for a NaN loss and refresh the bar
+VAL_NOISE_SEED_OFFSET = 7919  # validation z is drawn from its own stream, the same at every epoch
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch produced; handed to every callback and kept in the History."""
+
+    epoch: int  # 0-based
+    train_loss: float
+    train_recon: float
+    train_kl: float
+    kl_beta: float
+    tfr: float
+    lr: float
+    val_psnr: float  # mean of val_psnr_per_frame
+    val_psnr_per_frame: np.ndarray  # (val_vi_len - 1,) dB of predicted frames 1..T-1
+    epoch_seconds: float
+
+    def to_state(self) -> dict:
+        """Plain values, storable in a weights_only checkpoint."""
+        return {**asdict(self), "val_psnr_per_frame": self.val_psnr_per_frame.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "EpochReport":
+        return cls(**{**state, "val_psnr_per_frame": np.asarray(state["val_psnr_per_frame"])})
+
+
+Callback = Callable[[EpochReport], "bool | None"]  # returns True to stop training
+
+
+@dataclass
+class History:
+    epochs: list[EpochReport] = field(default_factory=list)
+    stopped_early: bool = False
+    best_checkpoint: Path | None = None
+    last_checkpoint: Path | None = None
+
+    @property
+    def best_val_psnr(self) -> float:
+        return max((report.val_psnr for report in self.epochs), default=float("nan"))
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q || N(0, I)) summed over latent dims, averaged over the batch: (B, ...) -> scalar."""
+    per_sample = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(dim=1)
+    return per_sample.mean()
+
+
+def clip_losses(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, teacher_forced: bool,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction and KL loss of a batch of clips, each averaged over the clip's time steps.
+
+    images, labels: (B, T, 3, H, W) float in [0, 1]. With teacher forcing every step's previous
+    frame is the true one, so all steps run as one batch; without, the predictions are fed back.
+    """
+    batch, length = images.shape[:2]
+    frame_feat = model.frame_transformation(images.flatten(0, 1)).unflatten(0, (batch, length))  # (B, T, F, H, W)
+    pose_feat = model.label_transformation(labels[:, 1:].flatten(0, 1))  # (B*(T-1), L, H, W)
+    z, mu, logvar = model.Gaussian_Predictor(frame_feat[:, 1:].flatten(0, 1), pose_feat, generator)
+    targets = images[:, 1:].flatten(0, 1)  # (B*(T-1), 3, H, W)
+    if teacher_forced:
+        predictions = model.decode(frame_feat[:, :-1].flatten(0, 1), pose_feat, z)
+    else:
+        pose_feat, z = pose_feat.unflatten(0, (batch, length - 1)), z.unflatten(0, (batch, length - 1))
+        prev_feat, steps = frame_feat[:, 0], []
+        for step in range(length - 1):
+            prediction = model.decode(prev_feat, pose_feat[:, step], z[:, step])  # (B, 3, H, W)
+            steps.append(prediction)
+            if step < length - 2:
+                prev_feat = model.frame_transformation(prediction)
+        predictions = torch.stack(steps, dim=1).flatten(0, 1)
+    recon = F.mse_loss(predictions.float(), targets.float())
+    # mu: (B*(T-1), N, H, W); the mean over clips and steps equals the per-step KL averaged over steps
+    kl = kl_divergence(mu.float(), logvar.float())
+    return recon, kl
+
+
+def validate(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+             seed: int) -> np.ndarray:
+    """Autoregressive rollout of the validation video from its first frame, z ~ N(0, I).
+
+    images, labels: (T, 3, H, W) uint8 on the model's device. Returns (T-1,) PSNR of frames 1..T-1.
+    """
+    was_training = model.training
+    model.eval()  # batch norm must use its running statistics, not the rollout's
+    device = images.device
+    generator = torch.Generator(device).manual_seed(seed + VAL_NOISE_SEED_OFFSET)
+    with autocast(cfg, device):
+        frames = model.rollout(to_unit(images[:1]), to_unit(labels).unsqueeze(0), generator)  # (1, T, 3, H, W)
+    model.train(was_training)
+    return psnr(frames[0, 1:].float(), to_unit(images[1:])).cpu().numpy().astype(np.float64)
+
+
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
+    return frames_uint8.float().div_(255.0)
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
+        resume_from: str | Path | None = None, progress: bool = True) -> History:
+    """Train `cfg` on `data`; call every callback after each epoch; checkpoint into cfg.save_root."""
+    device = resolve_device(cfg)
+    callbacks = list(callbacks)
+    ckpt_dir = Path(cfg.save_root) / "checkpoints"
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = VideoCVAE(cfg).to(device, memory_format=memory_format(cfg))
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = make_lr_scheduler(cfg, optimizer)
+    data_rng = torch.Generator().manual_seed(cfg.seed)  # clip order and teacher-forcing draws
+    noise_rng = torch.Generator(device).manual_seed(cfg.seed + 1)  # posterior samples
+    history = History()
+    start_epoch = 0
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, map_location=device)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            stored = checkpoint.config_of(state, resume_from)
+            raise CheckpointError(f"checkpoint {resume_from} holds a model of another shape "
+                                  f"(F_dim={stored.F_dim}, L_dim={stored.L_dim}, N_dim={stored.N_dim}, "
+                                  f"D_out_dim={stored.D_out_dim})") from None
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        data_rng.set_state(state["data_rng"])
+        noise_rng.set_state(state["noise_rng"].to(noise_rng.get_state().device))
+        history.epochs = [EpochReport.from_state(report) for report in state["history"]]
+        start_epoch = state["epoch"]
+        if (ckpt_dir / "best.ckpt").is_file():
+            history.best_checkpoint = ckpt_dir / "best.ckpt"
+        log.info("resumed from %s at epoch %d", resume_from, start_epoch)
+
+    train_images = data.train_images.to(device)  # (n_clips, T, 3, H, W) uint8, read once
+    train_labels = data.train_labels.to(device)
+    val_images, val_labels = data.val_images.to(device), data.val_labels.to(device)  # (T_val, 3, H, W)
+    best_psnr = history.best_val_psnr if history.epochs else -math.inf
+
+    for epoch in range(start_epoch, cfg.num_epoch):
+        started = time.perf_counter()
+        beta, tfr = kl_beta(cfg, epoch), teacher_forcing_ratio(cfg, epoch)
+        lr = scheduler.get_last_lr()[0]
+        model.train()
+        n_clips = len(train_images)
+        if cfg.fast_train and epoch < cfg.fast_train_epoch:
+            n_clips = max(1, int(n_clips * cfg.fast_partial))
+        order = torch.randperm(len(train_images), generator=data_rng)[:n_clips]
+        batches = order.split(cfg.batch_size)
+        forced = (torch.rand(len(batches), generator=data_rng) < tfr).tolist()
+        sums = torch.zeros(3, device=device)  # loss, recon, kl summed over batches
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.num_epoch}", leave=False, disable=not progress)
+        for index, clip_ids in enumerate(bar):
+            clip_ids = clip_ids.to(device)
+            images, labels = to_unit(train_images[clip_ids]), to_unit(train_labels[clip_ids])  # (B, T, 3, H, W)
+            with autocast(cfg, device):
+                recon, kl = clip_losses(model, images, labels, forced[index], noise_rng)
+            loss = recon + beta * kl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            sums += torch.stack([loss.detach(), recon.detach(), kl.detach()])
+            if (index + 1) % NAN_CHECK_EVERY == 0 or index + 1 == len(batches):
+                means = (sums / (index + 1)).tolist()
+                _check_finite(means, epoch, index)
+                bar.set_postfix(loss=f"{means[0]:.4g}", recon=f"{means[1]:.4g}", kl=f"{means[2]:.4g}")
+        scheduler.step()
+        mean_loss, mean_recon, mean_kl = (sums / len(batches)).tolist()
+        per_frame = validate(model, val_images, val_labels, cfg, cfg.seed)
+        report = EpochReport(epoch, mean_loss, mean_recon, mean_kl, beta, tfr, lr, float(per_frame.mean()),
+                             per_frame, time.perf_counter() - started)
+        history.epochs.append(report)
+        stop = any([bool(callback(report)) for callback in callbacks])  # a list: every callback sees every epoch
+        last_epoch = epoch + 1 == cfg.num_epoch or stop
+        if report.val_psnr > best_psnr:
+            best_psnr = report.val_psnr
+            history.best_checkpoint = ckpt_dir / "best.ckpt"
+            checkpoint.save_atomic(_state(cfg, epoch + 1, model, optimizer, scheduler, data_rng, noise_rng,
+                                          history), history.best_checkpoint)
+        if (epoch + 1) % cfg.per_save == 0 or last_epoch:
+            history.last_checkpoint = checkpoint.save_epoch(
+                _state(cfg, epoch + 1, model, optimizer, scheduler, data_rng, noise_rng, history), ckpt_dir, epoch + 1)
+        if stop:
+            history.stopped_early = epoch + 1 < cfg.num_epoch
+            break
+    return history
+
+
+def _check_finite(means: list[float], epoch: int, batch: int) -> None:
+    if not all(math.isfinite(value) for value in means):
+        raise TrainingDiverged(f"training loss became {means[0]} in epoch {epoch + 1} "
+                               f"by batch {batch + 1} (recon {means[1]}, kl {means[2]})")
+
+
+def _state(cfg, epoch, model, optimizer, scheduler, data_rng, noise_rng, history) -> dict:
+    return {
+        "format": checkpoint.FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "epoch": epoch,  # epochs completed
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "data_rng": data_rng.get_state(),
+        "noise_rng": noise_rng.get_state(),
+        "history": [report.to_state() for report in history.epochs],
+    }
+
+
+if __name__ == "__main__":
+    from cvae.cli import main
+
+    raise SystemExit(main())

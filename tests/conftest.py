@@ -1,0 +1,22 @@
+"""Shared fixtures: real data sets on disk."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cvae.data import CACHE_DIR
+from cvae.synthetic import generate
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `--small` synthetic data set (seed 0), written once per test session; treat it as read-only."""
+    return generate(tmp_path_factory.mktemp("data") / "dance", seed=0, small=True)
+
+
+@pytest.fixture
+def small_dataset_copy(small_dataset: Path, tmp_path: Path) -> Path:
+    """A private copy of `small_dataset`, without any frame cache, for tests that change or break it."""
+    return Path(shutil.copytree(small_dataset, tmp_path / "dance", ignore=shutil.ignore_patterns(CACHE_DIR)))

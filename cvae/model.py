@@ -13,6 +13,7 @@ from torch import nn
 from cvae.config import TrainConfig
 
 NEGATIVE_SLOPE = 0.01
+LOGIT_EPS = 1e-3  # keeps logit(prev_frame) finite for black and white pixels
 
 
 class ResidualBlock(nn.Module):
@@ -111,18 +112,28 @@ class Decoder_Fusion(nn.Sequential):
         )
 
 
-class Generator(nn.Sequential):
-    """(B, in_ch, H, W) fused features -> (B, 3, H, W) frame in [0, 1]."""
+class Generator(nn.Module):
+    """Fused features (B, in_ch, H, W) and the previous frame (B, 3, H, W) -> frame t in [0, 1].
+
+    Like SVG's skip connections from the last frame: the network predicts a change in logit
+    space on top of the previous frame, and its last layer starts at zero, so an untrained
+    model copies the previous frame and training only has to learn what moves.
+    """
 
     def __init__(self, in_ch: int, out_ch: int):
-        super().__init__(
+        super().__init__()
+        self.body = nn.Sequential(
             DepthConvBlock(in_ch, in_ch // 2),
             DepthConvBlock(in_ch // 2, in_ch // 4),
             DepthConvBlock(in_ch // 4, in_ch // 8),
             nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv2d(in_ch // 8, out_ch, 3, padding=1),
-            nn.Sigmoid(),
         )
+        self.head = nn.Conv2d(in_ch // 8, out_ch, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor, prev_frame: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(torch.logit(prev_frame, eps=LOGIT_EPS) + self.head(self.body(features)))
 
 
 class VideoCVAE(nn.Module):
@@ -137,9 +148,10 @@ class VideoCVAE(nn.Module):
         self.Decoder_Fusion = Decoder_Fusion(cfg.F_dim + cfg.L_dim + cfg.N_dim, cfg.D_out_dim)
         self.Generator = Generator(cfg.D_out_dim, 3)
 
-    def decode(self, prev_feat: torch.Tensor, pose_feat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """One step: features of frame t-1, of pose t and z -> frame t, (B, 3, H, W)."""
-        return self.Generator(self.Decoder_Fusion(torch.cat([prev_feat, pose_feat, z], dim=1)))
+    def decode(self, prev_frame: torch.Tensor, prev_feat: torch.Tensor, pose_feat: torch.Tensor,
+               z: torch.Tensor) -> torch.Tensor:
+        """One step: frame t-1 (B, 3, H, W), its features, pose t's features and z -> frame t (B, 3, H, W)."""
+        return self.Generator(self.Decoder_Fusion(torch.cat([prev_feat, pose_feat, z], dim=1)), prev_frame)
 
     def sample_prior(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """z ~ N(0, I) shaped (B, N_dim, H, W) for a batch of frames `like` (B, C, H, W)."""
@@ -164,7 +176,7 @@ class VideoCVAE(nn.Module):
         for step in range(length - 1):
             prev_feat = self.frame_transformation(frames[-1])
             z = self.sample_prior(first_frame, generator)
-            frames.append(self.decode(prev_feat, pose_feats[:, step], z))
+            frames.append(self.decode(frames[-1], prev_feat, pose_feats[:, step], z))
         return torch.stack(frames, dim=1)
 
 

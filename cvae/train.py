@@ -92,15 +92,15 @@ def clip_losses(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, te
     z, mu, logvar = model.Gaussian_Predictor(frame_feat[:, 1:].flatten(0, 1), pose_feat, generator)
     targets = images[:, 1:].flatten(0, 1)  # (B*(T-1), 3, H, W)
     if teacher_forced:
-        predictions = model.decode(frame_feat[:, :-1].flatten(0, 1), pose_feat, z)
+        predictions = model.decode(images[:, :-1].flatten(0, 1), frame_feat[:, :-1].flatten(0, 1), pose_feat, z)
     else:
         pose_feat, z = pose_feat.unflatten(0, (batch, length - 1)), z.unflatten(0, (batch, length - 1))
-        prev_feat, steps = frame_feat[:, 0], []
+        prev_frame, prev_feat, steps = images[:, 0], frame_feat[:, 0], []
         for step in range(length - 1):
-            prediction = model.decode(prev_feat, pose_feat[:, step], z[:, step])  # (B, 3, H, W)
+            prediction = model.decode(prev_frame, prev_feat, pose_feat[:, step], z[:, step])  # (B, 3, H, W)
             steps.append(prediction)
             if step < length - 2:
-                prev_feat = model.frame_transformation(prediction)
+                prev_frame, prev_feat = prediction, model.frame_transformation(prediction)
         predictions = torch.stack(steps, dim=1).flatten(0, 1)
     recon = F.mse_loss(predictions.float(), targets.float())
     # mu: (B*(T-1), N, H, W); the mean over clips and steps equals the per-step KL averaged over steps

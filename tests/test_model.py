@@ -12,7 +12,7 @@ def test_module_shapes_at_frame_resolution():
     z, mu, logvar = Gaussian_Predictor(160, 12)(torch.rand(2, 128, 32, 64), torch.rand(2, 32, 32, 64))
     assert z.shape == mu.shape == logvar.shape == (2, 12, 32, 64)
     assert Decoder_Fusion(172, 192)(torch.rand(2, 172, 32, 64)).shape == (2, 192, 32, 64)
-    generated = Generator(192, 3)(torch.rand(2, 192, 32, 64))
+    generated = Generator(192, 3)(torch.rand(2, 192, 32, 64), torch.rand(2, 3, 32, 64))
     assert generated.shape == (2, 3, 32, 64)
     assert generated.min() >= 0 and generated.max() <= 1
 
@@ -45,6 +45,7 @@ class _Fixed(torch.nn.Module):
 def test_rollout_feeds_back_and_is_seeded():
     cfg = TrainConfig(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16)
     model = VideoCVAE(cfg).eval()
+    torch.nn.init.normal_(model.Generator.head.weight, std=0.1)  # untrained, the head is zero and ignores z
     first, poses = torch.rand(2, 3, 8, 16), torch.rand(2, 5, 3, 8, 16)
     video = model.rollout(first, poses, torch.Generator().manual_seed(3))
     assert video.shape == (2, 5, 3, 8, 16)
@@ -53,3 +54,9 @@ def test_rollout_feeds_back_and_is_seeded():
     other = model.rollout(first, poses, torch.Generator().manual_seed(4))
     assert torch.equal(video, again)
     assert not torch.equal(video, other)
+
+
+def test_untrained_generator_copies_the_previous_frame():
+    generator = Generator(16, 3)
+    prev_frame = torch.rand(2, 3, 8, 16) * 0.9 + 0.05
+    assert torch.allclose(generator(torch.rand(2, 16, 8, 16), prev_frame), prev_frame, atol=1e-5)

@@ -1,9 +1,7 @@
 """experiments/spec.py: YAML sweep specs, their errors, plans and the Optuna study they drive."""
 from __future__ import annotations
 
-import multiprocessing
 import os
-import stat
 import textwrap
 from pathlib import Path
 
@@ -12,12 +10,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from optuna.trial import TrialState
 
 from cvae.config import TrainConfig
 from experiments.errors import SpecError
 from experiments.spec import (
     DISTRIBUTIONS,
+    METRICS,
     PARAMETER_KEYS,
     TOP_KEYS,
     Execution,
@@ -25,19 +23,11 @@ from experiments.spec import (
     group_key,
     group_label,
     load_spec,
-    make_pruner,
-    make_sampler,
-    make_storage,
-    missing_cells,
-    open_study,
-    prepare_study,
-    remaining_trials,
-    resolve_gpus,
-    suggest,
     train_config,
     trial_plan,
-    worker_gpus,
 )
+from experiments.study import make_pruner, make_sampler, make_storage
+from experiments.workers import resolve_gpus, worker_gpus
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -56,19 +46,6 @@ def spec_error(path: Path) -> str:
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
     return message[len(f"{path}: "):]
-
-
-def small_grid(tmp_path: Path, seeds: str = "[1, 2]") -> Path:
-    """A 3-configuration union grid with its journal in tmp_path."""
-    return write(tmp_path, f"""
-        name: small
-        base: {{num_epoch: 2}}
-        grid:
-          - {{kl_anneal_type: Cyclical, kl_anneal_ratio: [0.5, 1.0]}}
-          - {{kl_anneal_type: None}}
-        seeds: {seeds}
-        storage: {tmp_path / "optuna.journal"}
-        """)
 
 
 # ---------------------------------------------------------------- shipped specs
@@ -220,7 +197,8 @@ BAD_SPECS = {
     "unsafe name": ("name: ../etc\n", "name: '../etc' is not a safe name"),
     "missing name": ("seeds: [1]\n", "name: required"),
     "unknown direction": ("name: x\nobjective: {metric: val_psnr, direction: up}\n", "objective.direction: unknown 'up'"),
-    "metric of unknown direction": ("name: x\nobjective: val_fid\n", "objective: give the direction for 'val_fid'"),
+    "unknown metric": ("name: x\nobjective: val_fid\n",
+                       "objective.metric: unknown 'val_fid' (one of " + ", ".join(METRICS) + ")"),
     "bad gpus": ("name: x\nexecution: {gpus: [0, 0]}\n", "execution.gpus: [0, 0] repeats a GPU"),
     "unknown execution key": ("name: x\nexecution: {gpu: [0]}\n", "execution.gpu: unknown key (did you mean gpus?)"),
     "duplicate key": ("name: x\nseeds: [1]\nseeds: [2]\n", "not valid YAML (line 3, column 1: key 'seeds' given twice)"),
@@ -310,235 +288,6 @@ def test_train_config_layers_base_overrides_and_seed(tmp_path):
     assert (cfg.lr, cfg.num_epoch, cfg.tfr, cfg.seed, cfg.batch_size) == (0.01, 3, 0.0, 5, TrainConfig().batch_size)
     with pytest.raises(SpecError, match=r"x.yaml: configuration tfr=2.0, seed 5: tfr=2.0: must be in \[0, 1\]"):
         train_config(spec, {"tfr": 2.0}, 5)
-
-
-def test_sampler_seed_comes_from_the_spec_and_differs_per_worker(tmp_path):
-    path = write(tmp_path, "name: x\nsampler: {type: random, seed: 4}\nn_trials: 2\n"
-                           "parameters:\n  lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}\n")
-    spec = load_spec(path)
-
-    def draws(worker: int) -> list[float]:
-        study = optuna.create_study(sampler=make_sampler(spec, worker))
-        return [suggest(spec, study.ask())[0]["lr"] for _ in range(3)]
-
-    assert draws(0) == draws(0)
-    assert draws(0) != draws(1)
-
-
-def test_make_storage_rdb_has_a_heartbeat(tmp_path):
-    spec = load_spec(write(tmp_path, f"name: x\nstorage: sqlite:///{tmp_path}/db/optuna.db\n"))
-    storage = make_storage(spec)
-    assert isinstance(storage, optuna.storages.RDBStorage)
-    assert storage.heartbeat_interval == 60 and storage.grace_period == 120
-    assert isinstance(storage.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
-    assert (tmp_path / "db" / "optuna.db").is_file()
-
-
-def test_open_study_refuses_a_changed_direction(tmp_path):
-    path = write(tmp_path, f"name: x\nstorage: {tmp_path / 'j.journal'}\n")
-    open_study(load_spec(path))
-    path.write_text(f"name: x\nstorage: {tmp_path / 'j.journal'}\nobjective: {{metric: val_loss}}\n")
-    with pytest.raises(SpecError, match="objective.direction: study 'x' .* was created to maximize"):
-        open_study(load_spec(path))
-
-
-# ---------------------------------------------------------------- the grid queue on a real journal
-
-
-def run_queue(spec, study) -> list[tuple[dict, int]]:
-    """What a worker does: pop queued trials until none is left; returns what ran."""
-    ran = []
-    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial = study.ask()
-        overrides, seed = suggest(spec, trial)
-        ran.append((overrides, seed))
-        study.tell(trial, float(seed))
-    return ran
-
-
-def test_suggest_returns_the_queued_cells_once_each(tmp_path):
-    spec = load_spec(small_grid(tmp_path))
-    study = open_study(spec)
-    assert prepare_study(spec, study) == 6
-    ran = run_queue(spec, study)
-    assert ran == trial_plan(spec)
-    assert [t.params for t in study.trials] == [cell for cell, _ in trial_plan(spec)]
-    assert [t.user_attrs["seed"] for t in study.trials] == [1, 1, 1, 2, 2, 2]
-    assert [t.user_attrs["group"] for t in study.trials] == [group_key(c) for c, _ in trial_plan(spec)]
-    assert missing_cells(spec, study) == [] and prepare_study(spec, study) == 0
-
-
-def test_resume_reruns_running_and_failed_never_complete(tmp_path):
-    spec = load_spec(small_grid(tmp_path))
-    study = open_study(spec)
-    prepare_study(spec, study)
-    plan = trial_plan(spec)
-    for value in (1.0, 2.0):                      # two cells finish
-        trial = study.ask()
-        suggest(spec, trial)
-        study.tell(trial, value)
-    failed = study.ask()                          # one fails
-    suggest(spec, failed)
-    study.tell(failed, state=TrialState.FAIL)
-    suggest(spec, study.ask())                    # one was running when the launcher died
-
-    resumed = open_study(spec)                     # a new launch reads the same journal
-    assert missing_cells(spec, resumed) == plan[2:]
-    assert remaining_trials(spec, resumed) == 4
-    assert prepare_study(spec, resumed) == 4       # 2 still queued + the failed and the running cell
-    states = [t.state for t in resumed.trials]
-    assert states.count(TrialState.RUNNING) == 0 and states.count(TrialState.FAIL) == 2
-    ran = run_queue(spec, resumed)
-    assert sorted(map(str, ran)) == sorted(map(str, plan[2:]))
-    complete = [(t.params, t.user_attrs["seed"]) for t in resumed.trials if t.state == TrialState.COMPLETE]
-    assert sorted(map(str, complete)) == sorted(map(str, plan))
-
-
-def test_resume_with_more_seeds_queues_only_the_new_ones(tmp_path):
-    spec = load_spec(small_grid(tmp_path, seeds="[1]"))
-    study = open_study(spec)
-    prepare_study(spec, study)
-    run_queue(spec, study)
-    more = load_spec(small_grid(tmp_path, seeds="[1, 2]"))
-    assert prepare_study(more, open_study(more)) == 3
-    assert {seed for _, seed in run_queue(more, open_study(more))} == {2}
-
-
-def test_prepare_study_refuses_a_widened_axis(tmp_path):
-    path = small_grid(tmp_path)
-    spec = load_spec(path)
-    study = open_study(spec)
-    prepare_study(spec, study)
-    run_queue(spec, study)
-    path.write_text(path.read_text().replace("[0.5, 1.0]", "[0.5, 0.8, 1.0]"))
-    spec = load_spec(path)
-    with pytest.raises(SpecError, match=r"kl_anneal_ratio: study 'small' was run with choices \(0.5, 1.0\), "
-                                        r"which Optuna cannot change to choices \(0.5, 0.8, 1.0\)"):
-        prepare_study(spec, open_study(spec))
-
-
-def test_prepare_study_refuses_a_changed_base(tmp_path):
-    path = small_grid(tmp_path)
-    spec = load_spec(path)
-    prepare_study(spec, open_study(spec))
-    path.write_text(path.read_text().replace("num_epoch: 2", "num_epoch: 5"))
-    spec = load_spec(path)
-    with pytest.raises(SpecError, match=r"base: study 'small' was run with another base \(differs at num_epoch\)"):
-        prepare_study(spec, open_study(spec))
-
-
-def test_a_trial_the_grid_did_not_queue_is_refused(tmp_path):
-    spec = load_spec(small_grid(tmp_path))
-    study = open_study(spec)
-    with pytest.raises(SpecError, match="trial 0 is not a queued cell of this grid"):
-        suggest(spec, study.ask())
-
-
-def _worker(spec_path: str, worker: int, out: str) -> None:
-    spec = load_spec(spec_path)
-    study = open_study(spec, worker)
-    with open(out, "w") as log:
-        while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial = study.ask()
-            try:
-                overrides, seed = suggest(spec, trial)
-            except SpecError:                       # another worker took the last queued trial
-                study.tell(trial, state=TrialState.FAIL)
-                continue
-            log.write(f"{group_key(overrides)} {seed}\n")
-            study.tell(trial, float(seed))
-
-
-def test_worker_processes_share_one_queue(tmp_path):
-    path = small_grid(tmp_path, seeds="[1, 2, 3, 4]")
-    spec = load_spec(path)
-    prepare_study(spec, open_study(spec))
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_worker, args=(str(path), i, str(tmp_path / f"w{i}.txt"))) for i in range(3)]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join(60)
-        assert process.exitcode == 0
-    ran = [line for i in range(3) for line in (tmp_path / f"w{i}.txt").read_text().splitlines()]
-    assert sorted(ran) == sorted(f"{group_key(cell)} {seed}" for cell, seed in trial_plan(spec))
-    assert missing_cells(spec, open_study(spec)) == []
-
-
-# ---------------------------------------------------------------- sampled sweeps
-
-
-def test_suggest_samples_within_the_spec_and_cycles_seeds(tmp_path):
-    spec = load_spec(write(tmp_path, f"""
-        name: sampled
-        parameters:
-          lr: {{distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}}
-          tfr: {{distribution: uniform, min: 0, max: 1, q: 0.25}}
-          tfr_sde: {{distribution: int_uniform, min: 0, max: 20, q: 5}}
-          optim: {{values: [Adam, AdamW]}}
-          lr_schedule: {{value: cosine}}
-        seeds: [1, 2, 3]
-        sampler: {{type: tpe, seed: 1, n_startup_trials: 2}}
-        pruner: {{type: hyperband, min_resource: 1, max_resource: 10}}
-        n_trials: 7
-        storage: {tmp_path / "sampled.journal"}
-        """))
-    study = open_study(spec)
-    assert prepare_study(spec, study) == 7
-    rows = []
-    for _ in range(7):
-        trial = study.ask()
-        overrides, seed = suggest(spec, trial)
-        train_config(spec, overrides, seed)
-        rows.append((overrides, seed))
-        study.tell(trial, overrides["lr"])
-    assert [seed for _, seed in rows] == [1, 2, 3, 1, 2, 3, 1]
-    for overrides, _ in rows:
-        assert 1e-4 <= overrides["lr"] <= 1e-2
-        assert overrides["tfr"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-        assert overrides["tfr_sde"] in (0, 5, 10, 15, 20)
-        assert overrides["optim"] in ("Adam", "AdamW") and overrides["lr_schedule"] == "cosine"
-    assert [t.user_attrs["group"] for t in study.trials] == [group_key(o) for o, _ in rows]
-    assert remaining_trials(spec, study) == 0
-    assert trial_plan(spec)[0] == ({"lr": "log_uniform_values(0.0001..0.01)", "tfr": "uniform(0.0..1.0 step 0.25)",
-                                    "tfr_sde": "int_uniform(0..20 step 5)", "optim": "one of Adam, AdamW",
-                                    "lr_schedule": "one of cosine"}, 1)
-
-
-# ---------------------------------------------------------------- GPUs without CUDA
-
-
-def fake_nvidia_smi(folder: Path, output: str) -> str:
-    script = folder / "nvidia-smi"
-    script.write_text(f"#!/bin/sh\nprintf '%s' '{output}'\n")  # printf: a builtin, PATH holds only this
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return str(folder)
-
-
-SMI = ("GPU 0: NVIDIA H200 (UUID: GPU-aaaa1111)\n"
-       "GPU 1: NVIDIA H200 (UUID: GPU-bbbb2222)\n"
-       "  MIG 1g.18gb     Device  0: (UUID: MIG-cccc3333)\n")
-
-
-def test_resolve_gpus(tmp_path, monkeypatch):
-    auto = Execution(gpus="auto", trials_per_gpu=2)
-    monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path, SMI))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert resolve_gpus(auto) == [0, 1]
-    assert worker_gpus(auto, [0, 1]) == [0, 1, 0, 1]
-    for visible, gpus in {"1": [1], "3,2": [3, 2], "": [], "-1": [], "0,-1,1": [0], "GPU-bbbb": [1]}.items():
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-        assert resolve_gpus(auto) == gpus, visible
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-cccc3333")
-    with pytest.raises(SpecError, match="execution.gpus: auto cannot map CUDA_VISIBLE_DEVICES entry 'MIG-cccc3333'"):
-        resolve_gpus(auto)
-    assert resolve_gpus(Execution(gpus=(2, 5))) == [2, 5]
-
-
-def test_resolve_gpus_without_a_driver(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert resolve_gpus(Execution()) == []
 
 
 # ---------------------------------------------------------------- malformed specs never escape as other errors

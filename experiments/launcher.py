@@ -1,0 +1,301 @@
+"""The launcher: a spec -> its data checked, its study prepared, its MLflow parent run, worker processes, a report.
+
+Everything shared is made before the first worker starts (data decoded once, the study's queue, the
+MLflow experiment and parent run), so workers only ever read it. The launcher then watches the study
+every POLL_S seconds for its progress bar and for failed trials to report. It never initialises CUDA.
+
+Interrupted (Ctrl-C, SIGTERM, a worker process that died), it kills its workers, fails their trials
+and closes their MLflow runs; the next launch of the same spec runs them again. Killed outright
+(kill -9), its workers follow within a second and the next launch does the same clean-up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from concurrent.futures import FIRST_EXCEPTION, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from joblib.externals.loky import ProcessPoolExecutor
+from tqdm.auto import tqdm
+
+from cvae.config import TrainConfig
+from cvae.data import load_video_data
+from cvae.synthetic import ensure_dataset
+from experiments.errors import SpecError, SweepError
+from experiments.objective import DATA_FIELDS, describe_error
+from experiments.spec import DEFAULT_TRACKING_URI, URL, SweepSpec, group_key, group_label, train_config, trial_plan
+from experiments.study import (Progress, fail_running, open_study, progress, start_launch, summary_table,
+                               sweep_id)
+from experiments.tracking import ParentRun, close_orphans, finish_parent, open_parent_run
+from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
+
+POLL_S = 2.0
+RUNS_DIR = Path("runs")
+log = logging.getLogger(__name__)
+
+
+def parse_gpus(text: str) -> tuple[int, ...] | str:
+    """`--gpus`: auto, none (CPU workers only) or indices like 0,1."""
+    text = text.strip()
+    if text in ("auto", "none", ""):
+        return "auto" if text == "auto" else ()
+    try:
+        gpus = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        gpus = (-1,)
+    if any(gpu < 0 for gpu in gpus) or len(set(gpus)) != len(gpus):
+        raise SpecError(f"--gpus: expected auto, none or distinct GPU indices like 0,1; got {text!r}")
+    return gpus
+
+
+def configure(spec: SweepSpec, gpus: tuple[int, ...] | str | None = None, workers: int | None = None,
+              storage: str | None = None, tracking_uri: str | None = None) -> SweepSpec:
+    """The spec with the command line's overrides, its storage and tracking URI made absolute.
+
+    `workers` is the number of worker processes: per GPU when there are GPUs, else in all.
+    """
+    execution = spec.execution
+    if gpus is not None:
+        execution = dataclasses.replace(execution, gpus=gpus)
+    if workers is not None:
+        if workers < 1:
+            raise SpecError(f"--workers: must be >= 1, got {workers}")
+        execution = dataclasses.replace(execution, cpu_workers=workers, trials_per_gpu=workers)
+    return dataclasses.replace(spec, execution=execution, storage=absolute_location(storage or spec.storage),
+                               tracking_uri=absolute_location(tracking_uri or spec.tracking_uri))
+
+
+def absolute_location(location: str) -> str:
+    """A file path or sqlite:/// URL relative to the working directory, made absolute; other URLs as given.
+
+    Workers and `mlflow ui` may start elsewhere; the launch's files must not move with them.
+    """
+    if location.startswith("sqlite:///") and ":memory:" not in location:
+        return "sqlite:///" + str(Path(location[len("sqlite:///"):]).resolve())
+    if URL.match(location):
+        return location
+    return str(Path(location).resolve())
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def plan_table(spec: SweepSpec) -> pd.DataFrame:
+    """The trials a sweep runs: configuration label, group key (grid only) and seed, in plan order."""
+    rows = [{"configuration": group_label(cell) if spec.is_grid else ", ".join(f"{k} {v}" for k, v in cell.items()),
+             "group": group_key(cell) if spec.is_grid else "sampled", "seed": seed}
+            for cell, seed in trial_plan(spec)]
+    return pd.DataFrame(rows, columns=["configuration", "group", "seed"])
+
+
+def describe_plan(spec: SweepSpec) -> str:
+    """What `--dry-run` prints: the table of trials, their count and where they would run."""
+    table = plan_table(spec)
+    table.index.name = "trial"
+    if spec.is_grid:
+        full = len(spec.cells) * len(spec.seeds)
+        count = f"{len(table)} trials: {len(spec.cells)} configurations x {len(spec.seeds)} seeds"
+        count += f" (the first {len(table)} of {full})" if len(table) < full else ""
+    else:
+        count = f"{len(table)} trials sampled by {spec.sampler}, pruner {spec.pruner}, seeds cycled"
+    return "\n".join([table.to_string(), "", f"{spec.name}: {count}", f"workers: {describe_slots(spec)}",
+                      f"study: {spec.storage}", f"MLflow: {spec.tracking_uri}"])
+
+
+def describe_slots(spec: SweepSpec) -> str:
+    gpus = resolve_gpus(spec.execution)
+    if gpus:
+        return f"{len(gpus) * spec.execution.trials_per_gpu} on GPUs {gpus} ({spec.execution.trials_per_gpu} per GPU)"
+    return f"{spec.execution.cpu_workers} on the CPU (no GPU)"
+
+
+# ---------------------------------------------------------------- launching
+
+
+@dataclass(frozen=True)
+class FailedTrial:
+    number: int
+    configuration: str
+    seed: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one launch did: the sweep's progress after it, its table, the trials that failed in it."""
+
+    spec: SweepSpec
+    progress: Progress
+    table: pd.DataFrame
+    failed: tuple[FailedTrial, ...]
+    interrupted: bool
+    parent: ParentRun | None
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.progress.done >= self.progress.total
+
+    @property
+    def exit_code(self) -> int:
+        """0 complete, 1 trials still to run (failed ones), 130 interrupted: what the script exits with."""
+        return 130 if self.interrupted else 0 if self.complete else 1
+
+
+def launch(spec: SweepSpec) -> Outcome:
+    """Run the sweep (or what is left of it) with one worker process per slot; see the module docstring."""
+    started = time.perf_counter()
+    check_data(spec)
+    study = open_study(spec)
+    share = start_launch(spec, study)
+    before = progress(spec, study)
+    log.info("study %s in %s: %d of %d trials done, %d to run", spec.name, spec.storage, before.done,
+             before.total, share.budget)
+    if share.budget == 0:
+        return Outcome(spec, before, summary_table(spec, study), (), False, None, time.perf_counter() - started)
+    parent = open_parent_run(spec.tracking_uri, spec.name, sweep_id(study), tags=_parent_tags(spec),
+                             spec_text=_spec_text(spec))
+    if close_orphans(parent, "its worker stopped before the trial ended"):
+        log.info("MLflow: closed the runs an earlier launch left RUNNING")
+    slots = worker_gpus(spec.execution, resolve_gpus(spec.execution))[:share.budget]
+    runs_dir = (RUNS_DIR / spec.name).resolve()
+    threads = max(1, cpu_count() // len(slots))
+    jobs = [WorkerJob(spec, str(runs_dir), parent, share, slot, gpu, threads, os.getpid())
+            for slot, gpu in enumerate(slots)]
+    log.info("workers: %d (%s), %d torch thread%s each; trials in %s", len(jobs),
+             ", ".join("cpu" if gpu is None else f"GPU {gpu}" for gpu in slots), threads,
+             "" if threads == 1 else "s", runs_dir / "trials")
+    watcher = _Watcher(spec, study, before)
+    interrupted = False
+    try:
+        _run_workers(jobs, watcher)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException as err:
+        _clean_up(study, parent, "its launch stopped: a worker failed")
+        finish_parent(parent, complete=False, interrupted=False, summary_csv=None)
+        if isinstance(err, (SweepError, SpecError)):
+            raise
+        raise SweepError(f"a worker process stopped the sweep ({describe_error(err)}); "
+                         "run the same command again to resume") from err
+    if interrupted:
+        _clean_up(study, parent, "interrupted: its launch was stopped")
+    after = progress(spec, study)
+    table = summary_table(spec, study)
+    finish_parent(parent, complete=after.done >= after.total, interrupted=interrupted,
+                  summary_csv=table.to_csv(index=False))
+    return Outcome(spec, after, table, tuple(watcher.failed), interrupted, parent, time.perf_counter() - started)
+
+
+def check_data(spec: SweepSpec) -> None:
+    """Decode every data set the trials use once, before any worker, so a data problem stops the launch.
+
+    The default data root is generated when missing, as `python -m cvae.train` does. Sampled sweeps
+    are checked with their base configuration.
+    """
+    seen = set()
+    for cell in spec.cells or ({},):
+        cfg = train_config(spec, cell, spec.seeds[0])
+        key = tuple(getattr(cfg, name) for name in DATA_FIELDS)
+        if key in seen:
+            continue
+        seen.add(key)
+        if cfg.DR == TrainConfig.DR:
+            ensure_dataset(cfg.DR)
+        load_video_data(cfg)
+
+
+def _run_workers(jobs: list[WorkerJob], watcher: "_Watcher") -> None:
+    """Start a loky process per job and watch the study until all have returned; kill them all on any error."""
+    executor = ProcessPoolExecutor(max_workers=len(jobs))
+    try:
+        futures = [executor.submit(run_worker, job) for job in jobs]
+        with tqdm(total=watcher.start.total, initial=watcher.start.done, desc=watcher.spec.name, unit="trial",
+                  dynamic_ncols=True) as bar:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+                watcher.update(bar)
+                for future in done:
+                    future.result()  # a worker's own error (not a trial's) ends the launch
+    except BaseException:
+        executor.shutdown(wait=True, kill_workers=True)
+        raise
+    executor.shutdown(wait=True)
+
+
+class _Watcher:
+    """Reads the study for the progress bar and reports each trial that fails, once."""
+
+    def __init__(self, spec: SweepSpec, study, start: Progress):
+        self.spec, self.study, self.start = spec, study, start
+        self.known = {trial.number for trial in start.failed}
+        self.failed: list[FailedTrial] = []
+
+    def update(self, bar: tqdm) -> None:
+        now = progress(self.spec, self.study)
+        for trial in now.failed:
+            if trial.number in self.known:
+                continue
+            self.known.add(trial.number)
+            failed = FailedTrial(trial.number, group_label(trial.params), trial.user_attrs["seed"],
+                                 trial.user_attrs.get("error", "its worker stopped"))
+            self.failed.append(failed)
+            log.warning("trial %d (%s, seed %s) FAILED: %s", failed.number, failed.configuration, failed.seed,
+                        failed.error)
+        bar.update(now.done - bar.n)
+        best = "-" if now.best is None else f"{now.best:.3f}"
+        bar.set_postfix_str(f"running {now.running}, failed {len(self.failed)}, best {self.spec.metric} {best}",
+                            refresh=True)
+
+
+def _clean_up(study, parent: ParentRun, why: str) -> None:
+    """Fail the trials the killed workers left RUNNING, and close their MLflow runs."""
+    failed = fail_running(study)
+    close_orphans(parent, why)
+    if failed:
+        log.info("failed %d trials that were running: %s", len(failed), ", ".join(str(t.number) for t in failed))
+
+
+def _parent_tags(spec: SweepSpec) -> dict[str, str]:
+    return {"sweep.name": spec.name, "sweep.spec": spec.source, "sweep.storage": spec.storage,
+            "sweep.sampler": spec.sampler, "sweep.pruner": spec.pruner, "sweep.n_trials": str(spec.n_trials),
+            "sweep.metric": spec.metric, "sweep.direction": spec.direction}
+
+
+def _spec_text(spec: SweepSpec) -> str:
+    try:
+        return Path(spec.source).read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- the closing report
+
+
+def describe_outcome(outcome: Outcome, command: str) -> str:
+    """What the script prints at the end: the table of configurations, failures, how to resume, where MLflow is."""
+    spec, done = outcome.spec, outcome.progress
+    minutes, seconds = divmod(round(outcome.seconds), 60)
+    lines = [f"{spec.name}: {done.done} of {done.total} trials done; this launch took {minutes}m{seconds:02d}s"]
+    if len(outcome.table):
+        table = outcome.table.copy()
+        lines += ["", f"{spec.metric} by configuration, mean and std over seeds, best first:",
+                  table.to_string(index=False, float_format=lambda value: f"{value:.3f}"), ""]
+    if outcome.failed:
+        lines.append(f"{len(outcome.failed)} trials failed in this launch:")
+        lines += [f"  trial {t.number} ({t.configuration}, seed {t.seed}): {t.error}" for t in outcome.failed]
+    if outcome.interrupted:
+        lines.append(f"interrupted. Completed trials are kept; resume with: {command}")
+    elif not outcome.complete:
+        lines.append(f"{done.total - done.done} trials still to run; run them with: {command}")
+    if outcome.parent is not None:
+        ui = "mlflow ui" if spec.tracking_uri == absolute_location(DEFAULT_TRACKING_URI) else \
+            f"mlflow ui --backend-store-uri {spec.tracking_uri}"
+        lines.append(f"MLflow: experiment {spec.name!r}, parent run {outcome.parent.run_id}; browse with `{ui}`")
+    return "\n".join(lines)
+

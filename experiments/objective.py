@@ -1,0 +1,175 @@
+"""The objective: an Optuna trial -> its TrainConfig -> `fit` -> the spec's metric, as one MLflow child run.
+
+A trial that raises is recorded, not hidden: its error (type and message on one line) becomes the
+trial's `error` user attr and its run's `sweep.error` tag, the traceback of an unexpected exception
+is kept as the run's `traceback.txt`, and the exception goes on to Optuna, which fails the trial.
+A trial the pruner stops is raised as TrialPruned after `fit` returns, its run KILLED and tagged PRUNED.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from mlflow import MlflowClient
+
+from cvae import checkpoint
+from cvae.config import TrainConfig
+from cvae.data import VideoData, load_video_data
+from cvae.errors import CVAEError
+from cvae.metrics import save_psnr_csv
+from cvae.model import VideoCVAE
+from cvae.train import (VAL_NOISE_SEED_OFFSET, EpochReport, History, autocast, fit, memory_format, resolve_device,
+                        to_unit)
+from cvae.video import save_gif, side_by_side, to_uint8
+from experiments.errors import one_line
+from experiments.spec import SweepSpec, group_key, group_label, train_config
+from experiments.study import suggest
+from experiments.tracking import ParentRun, TrialRun
+
+# The TrainConfig fields load_video_data reads: trials that agree on them share one VideoData.
+DATA_FIELDS = ("DR", "frame_H", "frame_W", "train_vi_len", "val_vi_len", "partial")
+MAX_ERROR_CHARS = 500
+GIF_ZOOM = 2
+log = logging.getLogger(__name__)
+
+
+class Objective:
+    """Called by `study.optimize` in a worker process, once per trial, on the worker's device."""
+
+    def __init__(self, spec: SweepSpec, runs_dir: Path, parent: ParentRun, worker: int, gpu: int | None):
+        self.spec, self.runs_dir, self.parent, self.worker, self.gpu = spec, runs_dir, parent, worker, gpu
+        self.client = MlflowClient(parent.tracking_uri)
+        self._data: dict[tuple, VideoData] = {}
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        overrides, seed = suggest(self.spec, trial)
+        cfg = trial_config(self.spec, trial, overrides, seed, self.runs_dir, self.gpu)
+        shutil.rmtree(cfg.save_root, ignore_errors=True)  # an earlier, failed attempt at this cell
+        run = TrialRun.start(self.client, self.parent, f"{group_label(overrides)} | seed {seed}", cfg, tags={
+            "optuna.trial_number": str(trial.number), "sweep.name": self.spec.name,
+            "sweep.group_key": group_key(overrides), "sweep.group_label": group_label(overrides),
+            "sweep.seed": str(seed), "sweep.worker": str(self.worker),
+            "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu),
+            "sweep.trial_dir": cfg.save_root,
+        })
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        trial.set_user_attr("trial_dir", cfg.save_root)
+        try:
+            value = self._train(trial, cfg, run)
+        except optuna.TrialPruned:
+            run.end("PRUNED")
+            raise
+        except BaseException as err:
+            self._record_failure(trial, cfg, run, err)
+            raise
+        run.end("COMPLETE")
+        return value
+
+    def _train(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun) -> float:
+        data = self._load(cfg)
+        pruning = PruningCallback(trial, self.spec.metric)
+        history = fit(cfg, data, callbacks=[run, pruning], progress=False)
+        if pruning.pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {len(history.epochs)} "
+                                     f"({self.spec.metric} {history.epochs[-1].val_psnr:.3f})")
+        value = objective_value(self.spec.metric, history)
+        if not math.isfinite(value):
+            raise ValueError(f"{self.spec.metric} is {value}")
+        save_root = Path(cfg.save_root)
+        csv = save_psnr_csv(save_root / "val_psnr_per_frame.csv", history.epochs[-1].val_psnr_per_frame)
+        gif = save_rollout_gif(save_root / "val_rollout.gif", history.best_checkpoint, data)
+        run.log_final(history.epochs[-1].val_psnr_per_frame, {
+            "val_psnr_per_frame.csv": csv, "val_rollout.gif": gif, "checkpoints/best.ckpt": history.best_checkpoint})
+        return value
+
+    def _load(self, cfg: TrainConfig) -> VideoData:
+        key = tuple(getattr(cfg, name) for name in DATA_FIELDS)
+        if key not in self._data:
+            self._data = {key: load_video_data(cfg)}  # one data set held at a time: sweeps rarely vary it
+        return self._data[key]
+
+    def _record_failure(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun, err: BaseException) -> None:
+        """Say why the trial failed in its user attrs and run; never let that hide the error itself."""
+        message = describe_error(err)
+        try:
+            trial.set_user_attr("error", message)
+            if not isinstance(err, (CVAEError, KeyboardInterrupt, torch.OutOfMemoryError)):
+                path = Path(cfg.save_root) / "traceback.txt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(traceback.format_exception(err)))
+                run.client.log_artifact(run.run_id, str(path))
+            run.end("FAILED", message)
+        except Exception as also:  # noqa: BLE001 - the storage or MLflow may be what failed
+            log.warning("trial %d: could not record its failure (%s)", trial.number, describe_error(also))
+
+
+class PruningCallback:
+    """A `fit` callback: reports the objective's epoch value to the trial, stops training when it should be pruned."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.field, self.pruned = trial, epoch_field(metric), False
+
+    def __call__(self, report: EpochReport) -> bool:
+        self.trial.report(float(getattr(report, self.field)), step=report.epoch)
+        self.pruned = self.trial.should_prune()
+        return self.pruned
+
+
+def trial_config(spec: SweepSpec, trial: optuna.Trial, overrides: dict[str, Any], seed: int,
+                 runs_dir: Path, gpu: int | None) -> TrainConfig:
+    """The trial's TrainConfig, saving into its own folder, on the worker's device."""
+    cfg = train_config(spec, overrides, seed)
+    return cfg.replace(save_root=str(runs_dir / "trials" / trial_folder(spec, trial, overrides, seed)),
+                       device="cpu" if gpu is None else "cuda")
+
+
+def trial_folder(spec: SweepSpec, trial: optuna.Trial, overrides: dict[str, Any], seed: int) -> str:
+    """A grid cell's folder is named by its configuration and seed, so every attempt at it uses the same one;
+    a sampled trial's by its number, since two sampled trials may draw the same configuration and seed."""
+    if spec.is_grid:
+        return f"{group_key(overrides)}-seed{seed}"
+    return f"trial{trial.number:04d}"
+
+
+def epoch_field(metric: str) -> str:
+    """The EpochReport field a metric is made of: `best_val_psnr` is the best epoch's `val_psnr`."""
+    return metric.removeprefix("best_")
+
+
+def objective_value(metric: str, history: History) -> float:
+    """The value a trial returns: the last epoch's, or for `best_...` the best epoch's."""
+    if metric == "best_val_psnr":
+        return history.best_val_psnr
+    return float(getattr(history.epochs[-1], metric))
+
+
+def describe_error(err: BaseException) -> str:
+    """One line: the exception's type and message, shortened."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return f"{type(err).__name__}: {one_line(err)}"[:MAX_ERROR_CHARS]
+
+
+@torch.no_grad()
+def save_rollout_gif(path: Path, checkpoint_path: Path, data: VideoData) -> Path:
+    """A GIF of the checkpoint's rollout of the validation video (left) beside the true video (right).
+
+    The rollout draws z as `validate` does, so its PSNR is the one the checkpoint was chosen by.
+    """
+    state = checkpoint.load(checkpoint_path)
+    cfg = checkpoint.config_of(state, checkpoint_path)
+    device = resolve_device(cfg)
+    model = VideoCVAE(cfg).to(device, memory_format=memory_format(cfg))
+    model.load_state_dict(state["model"])
+    model.eval()
+    images, labels = data.val_images.to(device), data.val_labels.to(device)  # (T, 3, H, W) uint8
+    generator = torch.Generator(device).manual_seed(cfg.seed + VAL_NOISE_SEED_OFFSET)
+    with autocast(cfg, device):
+        frames = model.rollout(to_unit(images[:1]), to_unit(labels).unsqueeze(0), generator)  # (1, T, 3, H, W)
+    return save_gif(path, side_by_side(to_uint8(frames[0].float()), images).cpu(), zoom=GIF_ZOOM)

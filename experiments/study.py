@@ -1,0 +1,306 @@
+"""A sweep's Optuna study: opened from its spec, prepared for a launch, shared by workers, read back.
+
+Grids are queued, not sampled. Optuna's GridSampler cannot express a union of sub-grids and counts a
+failed or crashed cell as done, so a grid uses no sampler at all: `prepare_study` enqueues every
+(configuration, seed) that has no COMPLETE trial and is not already queued, with the seed and the
+configuration's `group_key` as user attrs, and `suggest` reads them back (suggest_categorical returns
+the enqueued value). Workers pop queued trials atomically (journal file lock or RDB row update), so
+several processes share one queue and each cell x seed runs once. `prepare_study` runs in the
+launcher before its workers start; any RUNNING trial then belongs to a dead launch, so it is failed
+and its cell queued again. COMPLETE is never repeated. Precondition: one launcher per study at a time.
+On RDB storages a heartbeat also fails trials of workers that die mid-sweep and queues them again.
+A grid trial's params are its cell, so Optuna's own plots work; each axis is one categorical over all
+its values, and Optuna fixes a categorical's choices per study: a resumed study takes more seeds, but
+a changed axis or base needs a new name (prepare_study says so).
+
+A grid worker pops until the queue is empty; if another worker took the last trial first, its `ask`
+makes a fresh trial that `suggest` refuses with SpecError: fail that trial and stop. Such a trial has
+no `seed` user attr, which is how progress and results tell it from the sweep's own (`is_sweep_trial`).
+
+A sampled sweep has no queue: a launch may start as many trials as `prepare_study` said remain (its
+`Launch.budget`); one that fails is tried again, freshly sampled, by the next launch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.errors import SpecError, one_line, show
+from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group_label, trial_plan
+
+HEARTBEAT_S = 60
+GRACE_S = 120
+MAX_RETRY = 3
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+log = logging.getLogger(__name__)
+
+
+def make_sampler(spec: SweepSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded from `sampler.seed` (default 0).
+
+    Each worker process of a tpe or random sweep adds its index to the seed, or all workers would
+    draw the same points; qmc keeps one seed, since its workers share one sequence through the study.
+    """
+    options = dict(spec.sampler_options)
+    seed = options.pop("seed", 0)
+    if seed is not None and spec.sampler in ("tpe", "random"):
+        seed += worker
+    return SAMPLERS[spec.sampler](seed=seed, **options)
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    return PRUNERS[spec.pruner](**spec.pruner_options)
+
+
+def make_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:
+    """A journal file (parent folders created), or an RDB whose heartbeat fails and re-queues dead trials."""
+    if URL.match(spec.storage):
+        if spec.storage.startswith("sqlite:///") and ":memory:" not in spec.storage:
+            Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and said by every worker
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+                return optuna.storages.RDBStorage(spec.storage, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy and missing DB drivers share no base class
+            raise SpecError(f"{spec.source}: storage: cannot open {spec.storage!r} ({one_line(err)})") from None
+    path = Path(spec.storage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def open_study(spec: SweepSpec, worker: int = 0) -> optuna.Study:
+    """Create or load the spec's study with its sampler and pruner; `worker` offsets the sampler seed."""
+    study = optuna.create_study(
+        storage=make_storage(spec), sampler=make_sampler(spec, worker), pruner=make_pruner(spec),
+        study_name=spec.name, direction=spec.direction, load_if_exists=True,
+    )
+    if study.direction.name.lower() != spec.direction:
+        raise SpecError(f"{spec.source}: objective.direction: study {spec.name!r} in {spec.storage} was created "
+                        f"to {study.direction.name.lower()}; give the sweep a new name")
+    return study
+
+
+def suggest(spec: SweepSpec, trial: optuna.Trial) -> tuple[dict[str, Any], int]:
+    """The overrides and seed of a trial: a queued grid cell, or sampled values and the cycled seed."""
+    if spec.is_grid:
+        return _suggest_cell(spec, trial)
+    overrides: dict[str, Any] = {}
+    for p in spec.parameters:
+        if p.values:
+            overrides[p.name] = trial.suggest_categorical(p.name, p.values)
+        elif p.distribution == "int_uniform":
+            overrides[p.name] = trial.suggest_int(p.name, p.low, p.high, step=p.step or 1)
+        else:
+            overrides[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step,
+                                                    log=p.distribution == "log_uniform_values")
+    # A re-queued trial (heartbeat retry) keeps its seed; a fresh one takes the next in the cycle.
+    seed = trial.user_attrs.get("seed", spec.seeds[trial.number % len(spec.seeds)])
+    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("group", group_key(overrides))
+    return overrides, seed
+
+
+def _suggest_cell(spec: SweepSpec, trial: optuna.Trial) -> tuple[dict[str, Any], int]:
+    cells = {group_key(cell): cell for cell in spec.cells}
+    cell = cells.get(trial.user_attrs.get("group"))
+    seed = trial.user_attrs.get("seed")
+    if cell is None or seed not in spec.seeds:
+        raise SpecError(f"{spec.source}: trial {trial.number} is not a queued cell of this grid "
+                        "(the queue was empty, or the spec changed since prepare_study queued it)")
+    choices = _axis_choices(spec)
+    overrides = {name: trial.suggest_categorical(name, choices[name]) for name in cell}
+    return overrides, seed
+
+
+def _axis_choices(spec: SweepSpec) -> dict[str, tuple[Any, ...]]:
+    """Each grid axis' values over all cells: one categorical per name, as Optuna requires of a study."""
+    choices: dict[str, list[Any]] = {}
+    for cell in spec.cells:
+        for name, value in cell.items():
+            if value not in choices.setdefault(name, []):
+                choices[name].append(value)
+    return {name: tuple(values) for name, values in choices.items()}
+
+
+def missing_cells(spec: SweepSpec, study: optuna.Study) -> list[tuple[dict[str, Any], int]]:
+    """The grid's plan minus its COMPLETE trials, matched by configuration and seed."""
+    if not spec.is_grid:
+        raise ValueError("missing_cells needs a grid sweep; a sampled one has remaining_trials")
+    done = {_cell_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return [(cell, seed) for cell, seed in trial_plan(spec) if (group_key(cell), seed) not in done]
+
+
+def _cell_of(trial: optuna.trial.FrozenTrial) -> tuple[str, Any]:
+    """(group key, seed) of a grid trial; the queued `group` attr, since an objective may suggest more params."""
+    params = trial.system_attrs.get("fixed_params", trial.params)
+    return trial.user_attrs.get("group", group_key(params)), trial.user_attrs.get("seed")
+
+
+def remaining_trials(spec: SweepSpec, study: optuna.Study) -> int:
+    """How many trials a (re)launch still has to finish."""
+    if spec.is_grid:
+        return len(missing_cells(spec, study))
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return max(0, spec.n_trials - len(finished))
+
+
+def prepare_study(spec: SweepSpec, study: optuna.Study) -> int:
+    """Ready a study for a (re)launch before any worker starts; returns the number of trials to run.
+
+    Fails the RUNNING trials of a dead launch, and for a grid queues each missing cell x seed that
+    is not queued yet. Refuses a study run with another base, or with categorical choices Optuna
+    cannot change (adding seeds is fine: they are not params).
+    """
+    _check_base(spec, study)
+    _check_distributions(spec, study)
+    orphans = fail_running(study)
+    if orphans:
+        log.info("study %s: failed %d trials left RUNNING by an earlier launch", spec.name, len(orphans))
+    if not spec.is_grid:
+        return remaining_trials(spec, study)
+    queued: dict[tuple[str, Any], int] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        queued[_cell_of(trial)] = queued.get(_cell_of(trial), 0) + 1
+    added = 0
+    for cell, seed in missing_cells(spec, study):
+        key = (group_key(cell), seed)
+        if queued.get(key):
+            queued[key] -= 1
+            continue
+        study.enqueue_trial(cell, user_attrs={"seed": seed, "group": group_key(cell)})
+        added += 1
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    log.info("study %s: queued %d trials, %d waiting in all", spec.name, added, waiting)
+    return waiting
+
+
+def fail_running(study: optuna.Study) -> list[FrozenTrial]:
+    """Fail every RUNNING trial (their workers are gone); returns them as they were."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return running
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch's share of the study: the trials numbered `first_number` on, at most `budget` (sampled) of them."""
+
+    first_number: int
+    budget: int
+
+
+def start_launch(spec: SweepSpec, study: optuna.Study) -> Launch:
+    """`prepare_study`, and the share of the study it leaves to this launch."""
+    budget = prepare_study(spec, study)
+    return Launch(first_number=len(study.get_trials(deepcopy=False)), budget=budget)
+
+
+def work_left(spec: SweepSpec, study: optuna.Study, launch: Launch) -> bool:
+    """Whether a worker should start another trial: a grid has one queued, a sampled sweep has budget left.
+
+    Workers that ask at the same moment may both start one, so a sampled launch can overrun its
+    budget by a trial per extra worker; a grid cannot (an empty queue gives a trial `suggest` refuses).
+    """
+    if spec.is_grid:
+        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    started = sum(trial.number >= launch.first_number for trial in study.get_trials(deepcopy=False))
+    return started < launch.budget
+
+
+def is_sweep_trial(trial: FrozenTrial) -> bool:
+    """A trial of the plan, not one a worker made from an empty queue (see the module's docstring)."""
+    return "seed" in trial.user_attrs
+
+
+def sweep_id(study: optuna.Study) -> str:
+    """The study's own id, made once and kept as a user attr: what its MLflow parent run is tagged with."""
+    if "sweep_id" not in study.user_attrs:
+        study.set_user_attr("sweep_id", uuid.uuid4().hex)
+    return study.user_attrs["sweep_id"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a sweep stands: trials of the plan done (of `total`), running now, failed ever, best value."""
+
+    done: int
+    total: int
+    running: int
+    failed: tuple[FrozenTrial, ...]
+    best: float | None
+
+
+def progress(spec: SweepSpec, study: optuna.Study) -> Progress:
+    trials = [t for t in study.get_trials(deepcopy=False) if is_sweep_trial(t)]
+    complete = [t.value for t in trials if t.state == TrialState.COMPLETE]
+    if spec.is_grid:
+        done = spec.n_trials - len(missing_cells(spec, study))
+    else:
+        done = sum(t.state in FINISHED for t in trials)
+    pick = max if spec.direction == "maximize" else min
+    return Progress(done=done, total=spec.n_trials, running=sum(t.state == TrialState.RUNNING for t in trials),
+                    failed=tuple(t for t in trials if t.state == TrialState.FAIL),
+                    best=pick(complete) if complete else None)
+
+
+def summary_table(spec: SweepSpec, study: optuna.Study) -> pd.DataFrame:
+    """One row per configuration with COMPLETE trials: mean and std of the objective over seeds, best first.
+
+    Columns: configuration (its label), group (its key), seeds (how many finished), mean, std.
+    """
+    rows = [{"configuration": group_label(t.params), "group": t.user_attrs.get("group", group_key(t.params)),
+             "seed": t.user_attrs["seed"], "value": t.value}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_sweep_trial(t)]
+    if not rows:
+        return pd.DataFrame(columns=["configuration", "group", "seeds", "mean", "std"])
+    table = (pd.DataFrame(rows).groupby(["configuration", "group"], sort=False)["value"]
+             .agg(seeds="count", mean="mean", std="std").reset_index())
+    return table.sort_values("mean", ascending=spec.direction == "minimize", kind="stable", ignore_index=True)
+
+
+def _check_base(spec: SweepSpec, study: optuna.Study) -> None:
+    stored = study.user_attrs.get("sweep_base")
+    base = json.loads(json.dumps(spec.base))
+    if stored is None:
+        study.set_user_attr("sweep_base", base)
+    elif stored != base:
+        changed = sorted(k for k in set(stored) | set(base) if stored.get(k) != base.get(k))
+        raise SpecError(f"{spec.source}: base: study {spec.name!r} was run with another base "
+                        f"(differs at {', '.join(changed)}); give the sweep a new name")
+
+
+def _check_distributions(spec: SweepSpec, study: optuna.Study) -> None:
+    """Optuna refuses, trial by trial, a param whose choices or log scale differ from earlier trials."""
+    if spec.is_grid:
+        wanted = {name: ("choices", values) for name, values in _axis_choices(spec).items()}
+    else:
+        wanted = {p.name: ("choices", p.values) if p.values else ("log", p.distribution == "log_uniform_values")
+                  for p in spec.parameters}
+    for trial in study.get_trials(deepcopy=False):
+        for name, old in trial.distributions.items():
+            if name not in wanted:
+                continue
+            kind, new = wanted.pop(name)
+            if isinstance(old, optuna.distributions.CategoricalDistribution):
+                was = ("choices", tuple(old.choices))
+            else:
+                was = ("log", bool(getattr(old, "log", False)))
+            if was != (kind, new):
+                raise SpecError(f"{spec.source}: {name}: study {spec.name!r} was run with {was[0]} {show(was[1])}, "
+                                f"which Optuna cannot change to {kind} {show(new)}; give the sweep a new name")
+        if not wanted:
+            return
+
+

@@ -1,0 +1,207 @@
+"""MLflow for sweeps: a sweep's experiment and parent run, and one child run per trial that `fit` logs into.
+
+Everything goes through an MlflowClient, never the fluent `mlflow.start_run` and its process-wide
+active run, so a worker keeps one client for all its trials. A child run is a run tagged with its
+parent's id (`mlflow.parentRunId`), which is how `mlflow ui` nests it. An epoch is one `log_batch`
+call: on SQLite, fewer and shorter write transactions are what keeps several workers from waiting
+on the database lock; MLflow waits up to 20 s for it, and a write that still finds it locked is retried.
+
+With an SQLite tracking URI the artifacts go to `mlartifacts/<experiment>` beside the database file,
+so `mlflow ui` started next to `mlflow.db` finds runs and artifacts alike.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
+from cvae.config import TrainConfig
+from cvae.train import EpochReport
+from experiments.errors import SweepError, one_line
+
+SWEEP_ID = "sweep.id"
+IS_PARENT = "sweep.parent"
+STATUS = "sweep.status"  # COMPLETE, FAILED, PRUNED or RUNNING: the Optuna state, beside MLflow's own status
+ERROR = "sweep.error"
+RUN_STATUS = {"COMPLETE": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED"}
+# metric name -> EpochReport field, logged with step=epoch (0-based, as in the report)
+EPOCH_METRICS = {"train/loss": "train_loss", "train/recon": "train_recon", "train/kl": "train_kl",
+                 "kl_beta": "kl_beta", "tfr": "tfr", "lr": "lr", "val/psnr": "val_psnr",
+                 "epoch_seconds": "epoch_seconds"}
+FRAME_METRIC = "val/psnr_frame"  # step = frame number, 1..T-1, as in the CSV
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+MAX_TAG_CHARS = 5000
+MAX_RUN_NAME_CHARS = 250
+LOCK_RETRIES = 4
+ARTIFACT_FOLDER = "mlartifacts"
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """Where a sweep's child runs go; made by the launcher, handed to every worker."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """`mlartifacts/` beside an SQLite database as a file URI; None (the server's choice) for anything else."""
+    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+        return None
+    return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / ARTIFACT_FOLDER).as_uri()
+
+
+def open_parent_run(tracking_uri: str, name: str, sweep_id: str, tags: Mapping[str, str],
+                    spec_text: str = "") -> ParentRun:
+    """The experiment `name` and the sweep's parent run in it: found by its sweep id, else created.
+
+    A rerun of the same sweep (same Optuna study) finds the same parent run and marks it RUNNING
+    again. `tags` are set on it each time; the spec's YAML becomes its description and `spec.yaml`.
+    """
+    try:
+        client = MlflowClient(tracking_uri)
+        experiment_id = _experiment(client, name, artifact_root(tracking_uri))
+        found = client.search_runs([experiment_id], max_results=1,
+                                   filter_string=f"tags.`{SWEEP_ID}` = '{sweep_id}' and tags.`{IS_PARENT}` = 'true'")
+        all_tags = {SWEEP_ID: sweep_id, IS_PARENT: "true", STATUS: "RUNNING", **tags}
+        if spec_text:
+            all_tags[MLFLOW_RUN_NOTE] = f"Sweep spec:\n\n```yaml\n{spec_text.strip()}\n```"
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            _retry(client.log_batch, run_id, tags=_tags(all_tags))
+            log.info("MLflow: continuing parent run %s of experiment %s", run_id, name)
+        else:
+            run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+            log.info("MLflow: created parent run %s in experiment %s", run_id, name)
+        if spec_text:
+            client.log_text(run_id, spec_text, "spec.yaml")
+    except MlflowException as err:
+        raise SweepError(f"mlflow.tracking_uri: cannot use {tracking_uri!r} ({one_line(err.message)[:300]})") from None
+    return ParentRun(tracking_uri, experiment_id, run_id)
+
+
+def _experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=f"{artifact_location}/{name}"
+                                            if artifact_location else None)
+        except MlflowException as err:  # another launcher created it first
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage != "active":
+        raise SweepError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow experiments restore "
+                         f"--experiment-id {experiment.experiment_id}`) or give the sweep a new name")
+    return experiment.experiment_id
+
+
+def close_orphans(parent: ParentRun, why: str) -> int:
+    """Mark the parent's child runs still RUNNING (their workers are gone) FAILED and KILLED; returns how many."""
+    client = MlflowClient(parent.tracking_uri)
+    orphans = client.search_runs([parent.experiment_id], filter_string=(
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.run_id}' and attributes.status = 'RUNNING'"))
+    for run in orphans:
+        _retry(client.log_batch, run.info.run_id, tags=_tags({STATUS: "FAILED", ERROR: why}))
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(orphans)
+
+
+def finish_parent(parent: ParentRun, complete: bool, interrupted: bool, summary_csv: str | None) -> None:
+    """End the parent run FINISHED when the sweep is complete, KILLED when interrupted, else FAILED."""
+    client = MlflowClient(parent.tracking_uri)
+    if summary_csv is not None:
+        client.log_text(parent.run_id, summary_csv, "summary.csv")
+    status = "FINISHED" if complete else "KILLED" if interrupted else "FAILED"
+    _retry(client.log_batch, parent.run_id, tags=_tags({STATUS: "COMPLETE" if complete else "INCOMPLETE"}))
+    client.set_terminated(parent.run_id, status=status)
+
+
+class TrialRun:
+    """One trial's child run; `fit` calls it after every epoch to log that epoch's metrics."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    @classmethod
+    def start(cls, client: MlflowClient, parent: ParentRun, name: str, cfg: TrainConfig,
+              tags: Mapping[str, str]) -> "TrialRun":
+        """Create the child run with `tags` and every TrainConfig field as a param."""
+        run = client.create_run(parent.experiment_id, run_name=name[:MAX_RUN_NAME_CHARS],
+                                tags={MLFLOW_PARENT_RUN_ID: parent.run_id, STATUS: "RUNNING", **tags})
+        trial_run = cls(client, run.info.run_id)
+        params = [Param(key, _param_value(value)) for key, value in cfg.to_dict().items()]
+        _retry(client.log_batch, trial_run.run_id, params=params)
+        return trial_run
+
+    def __call__(self, report: EpochReport) -> None:
+        now = _now_ms()
+        metrics = [Metric(name, float(getattr(report, field)), now, report.epoch)
+                   for name, field in EPOCH_METRICS.items()]
+        _retry(self.client.log_batch, self.run_id, metrics=metrics)
+
+    def log_final(self, psnr_per_frame: np.ndarray, artifacts: Mapping[str, Path]) -> None:
+        """The final validation's PSNR per frame as `val/psnr_frame` (step = frame), and files as artifacts.
+
+        `artifacts` maps an artifact path (`checkpoints/best.ckpt`) to the local file to upload.
+        """
+        now = _now_ms()
+        metrics = [Metric(FRAME_METRIC, float(value), now, frame)
+                   for frame, value in enumerate(psnr_per_frame, start=1)]
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            _retry(self.client.log_batch, self.run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+        for artifact_path, local in artifacts.items():
+            folder = str(Path(artifact_path).parent)
+            if Path(artifact_path).name != local.name:
+                raise ValueError(f"artifact {artifact_path} must keep its file's name {local.name}")
+            self.client.log_artifact(self.run_id, str(local), artifact_path=None if folder == "." else folder)
+
+    def end(self, status: str, error: str | None = None) -> None:
+        """Close the run: `status` is the trial's Optuna state name (COMPLETE, FAILED or PRUNED)."""
+        tags = {STATUS: status}
+        if error is not None:
+            tags[ERROR] = error[:MAX_TAG_CHARS]
+        _retry(self.client.log_batch, self.run_id, tags=_tags(tags))
+        self.client.set_terminated(self.run_id, status=RUN_STATUS[status])
+
+
+def _tags(values: Mapping[str, str]) -> list[RunTag]:
+    return [RunTag(key, str(value)) for key, value in values.items()]
+
+
+def _param_value(value: object) -> str:
+    """MLflow params are strings; a tuple field's list is written the way TrainConfig reads it back, '2,5'."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _retry(call: Callable[..., T], *args, **kwargs) -> T:
+    """`call`, tried again with a growing pause while the database says it is locked."""
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as err:
+            if err.error_code != "TEMPORARILY_UNAVAILABLE" or attempt + 1 == LOCK_RETRIES:
+                raise
+            pause = 0.5 * 2**attempt
+            log.warning("MLflow is busy (%s); trying again in %.1f s", one_line(err.message)[:120], pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+

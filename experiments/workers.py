@@ -1,0 +1,163 @@
+"""Worker processes: GPU slots resolved without CUDA, and the loop that runs trials on one device.
+
+The launcher never initialises CUDA: "auto" GPUs come from nvidia-smi or CUDA_VISIBLE_DEVICES, and
+each worker process sets CUDA_VISIBLE_DEVICES to its one GPU ("" for a CPU worker) before anything
+in it touches CUDA. Workers are loky processes (fresh interpreters, not forks), so nothing the
+launcher imported has initialised CUDA in them either. A worker looks for work before it binds its
+device, so a process loky hands a second job after the queue ran dry never needs another GPU.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from experiments.errors import SpecError, SweepError
+from experiments.objective import Objective
+from experiments.spec import Execution, SweepSpec
+from experiments.study import Launch, open_study, work_left
+from experiments.tracking import ParentRun
+
+WATCH_S = 1.0  # how often a worker checks that its launcher is still alive
+log = logging.getLogger(__name__)
+_watching: set[int] = set()
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What one worker process needs; the launcher made every path in it absolute."""
+
+    spec: SweepSpec
+    runs_dir: str
+    parent: ParentRun
+    launch: Launch
+    slot: int
+    gpu: int | None
+    threads: int  # torch intra-op threads: the CPU cores shared out between the slots
+    launcher_pid: int
+
+
+def run_worker(job: WorkerJob) -> int:
+    """Run trials of the shared study on the job's device until the launch's work is done; returns how many."""
+    _exit_with_launcher(job.launcher_pid)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the launcher reports every trial's end
+    study = open_study(job.spec, worker=job.slot)
+    if not work_left(job.spec, study, job.launch):
+        return 0
+    bind_device(job.gpu, job.threads)
+    objective = Objective(job.spec, Path(job.runs_dir), job.parent, job.slot, job.gpu)
+    ran = 0
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+        gc.collect()  # a failed trial's model and optimizer are only garbage once its traceback is gone
+        if job.gpu is not None:
+            torch.cuda.empty_cache()  # give an out-of-memory trial's blocks back before the next one
+        if not work_left(job.spec, study, job.launch):
+            study.stop()
+
+    # catch=(Exception,): a failed trial is recorded FAIL (its error in user attrs and MLflow) and the
+    # worker goes on; KeyboardInterrupt is not caught, so Ctrl-C fails the trial and stops the worker.
+    study.optimize(objective, catch=(Exception,), callbacks=[after_trial])
+    return ran
+
+
+def bind_device(gpu: int | None, threads: int) -> None:
+    """Show this process only its GPU (or none) and limit its CPU threads; SweepError if the GPU is not there."""
+    visible = "" if gpu is None else str(gpu)
+    if torch.cuda.is_initialized() and os.environ.get("CUDA_VISIBLE_DEVICES") != visible:
+        raise RuntimeError(f"this worker process already initialised CUDA with CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r} and cannot switch to GPU {visible!r}")
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # nvidia-smi's numbering, which resolve_gpus used
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    torch.set_num_threads(threads)
+    if gpu is not None and torch.cuda.device_count() != 1:
+        raise SweepError(f"execution.gpus: the worker for GPU {gpu} sees {torch.cuda.device_count()} CUDA "
+                         f"devices instead of 1; is there a GPU {gpu}? (`nvidia-smi -L` lists them)")
+
+
+def _exit_with_launcher(launcher_pid: int) -> None:
+    """End this process when the launcher dies (kill -9): an orphan would go on taking trials from the study.
+
+    Its trial stays RUNNING, and the next launch fails it and runs its cell again.
+    """
+    if launcher_pid in _watching:
+        return
+    _watching.add(launcher_pid)
+
+    def watch() -> None:
+        while os.getppid() == launcher_pid:
+            time.sleep(WATCH_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-launcher", daemon=True).start()
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------- GPU slots, without CUDA
+
+
+
+def resolve_gpus(execution: Execution) -> list[int]:
+    """GPU indices for `execution.gpus`, resolving "auto" without initialising CUDA.
+
+    "auto" is CUDA_VISIBLE_DEVICES when set (CUDA's rules: a negative index ends the list; UUIDs
+    are looked up in `nvidia-smi -L`), else every GPU nvidia-smi lists; no driver means no GPUs.
+    Indices follow nvidia-smi (PCI bus order); workers should set CUDA_DEVICE_ORDER=PCI_BUS_ID.
+    """
+    if execution.gpus != "auto":
+        return list(execution.gpus)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [index for index, _ in _nvidia_smi_gpus()]
+    gpus: list[int] = []
+    listed: list[tuple[int, str]] | None = None
+    for entry in (e.strip() for e in visible.split(",")):
+        if not entry:
+            break
+        if re.fullmatch(r"-?\d+", entry):
+            if int(entry) < 0:
+                break
+            gpus.append(int(entry))
+            continue
+        listed = _nvidia_smi_gpus() if listed is None else listed
+        matches = [index for index, uuid in listed if entry and uuid.startswith(entry)]
+        if len(matches) != 1:
+            raise SpecError(f"execution.gpus: auto cannot map CUDA_VISIBLE_DEVICES entry {entry!r} to a GPU "
+                            "index; list the GPUs in the spec (execution.gpus: [0, 1])")
+        gpus.append(matches[0])
+    return gpus
+
+
+def worker_gpus(execution: Execution, gpus: list[int]) -> list[int | None]:
+    """One entry per worker slot: its GPU, round-robin so a short queue spreads over GPUs; None = CPU."""
+    if not gpus:
+        return [None] * execution.cpu_workers
+    return [gpus[i % len(gpus)] for i in range(len(gpus) * execution.trials_per_gpu)]
+
+
+def _nvidia_smi_gpus() -> list[tuple[int, str]]:
+    """(index, UUID) of each GPU nvidia-smi lists; [] where there is no driver or no GPU."""
+    try:
+        done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if done.returncode != 0:
+        return []
+    found = re.findall(r"^GPU (\d+):.*?\(UUID: ([^)\s]+)\)", done.stdout, flags=re.MULTILINE)
+    return [(int(index), uuid) for index, uuid in found]
+

@@ -138,6 +138,19 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def train_step(model: VideoCVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               teacher_forced: bool, beta: float, noise_rng: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    """One optimizer step on a batch of clips (B, T, 3, H, W) uint8; returns (loss, recon, kl) without a host sync."""
+    with autocast(cfg, images.device):
+        recon, kl = clip_losses(model, to_unit(images), to_unit(labels), teacher_forced, noise_rng)
+    loss = recon + beta * kl
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return torch.stack([loss.detach(), recon.detach(), kl.detach()])
+
+
 def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
         resume_from: str | Path | None = None, progress: bool = True) -> History:
     """Train `cfg` on `data`; call every callback after each epoch; checkpoint into cfg.save_root."""
@@ -191,15 +204,8 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.num_epoch}", leave=False, disable=not progress)
         for index, clip_ids in enumerate(bar):
             clip_ids = clip_ids.to(device)
-            images, labels = to_unit(train_images[clip_ids]), to_unit(train_labels[clip_ids])  # (B, T, 3, H, W)
-            with autocast(cfg, device):
-                recon, kl = clip_losses(model, images, labels, forced[index], noise_rng)
-            loss = recon + beta * kl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            sums += torch.stack([loss.detach(), recon.detach(), kl.detach()])
+            sums += train_step(model, optimizer, train_images[clip_ids], train_labels[clip_ids],
+                               forced[index], beta, noise_rng, cfg)
             if (index + 1) % NAN_CHECK_EVERY == 0 or index + 1 == len(batches):
                 means = (sums / (index + 1)).tolist()
                 _check_finite(means, epoch, index)

@@ -44,11 +44,18 @@ def test_resume_continues_exactly(tiny, tmp_path):
 
 
 def test_tiny_model_overfits_tiny_data(tiny):
-    cfg = tiny(num_epoch=12, partial=0.25, tfr=1.0, kl_anneal_type="Monotonic", kl_anneal_ratio=1.0,
-               lr=0.005, lr_schedule="constant", per_save=100, batch_size=2, F_dim=32, D_out_dim=32)
-    history = fit(cfg, load_video_data(cfg), progress=False)
+    # a long Monotonic ramp stopped after 60 epochs keeps beta <= 0.03: the KL term cannot drown the recon
+    cfg = tiny(num_epoch=2000, partial=0.1, batch_size=2, tfr=1.0, tfr_d_step=0.0, kl_anneal_type="Monotonic",
+               kl_anneal_ratio=1.0, lr=0.003, lr_schedule="constant", per_save=1000)
+    data = load_video_data(cfg)
+    history = fit(cfg, data, callbacks=[lambda report: report.epoch == 59], progress=False)
+    clips = data.train_images.float() / 255  # (2, T, 3, H, W)
+    copy_previous_mse = (clips[:, 1:] - clips[:, :-1]).pow(2).mean().item()
+    loss = [report.train_loss for report in history.epochs]
     recon = [report.train_recon for report in history.epochs]
-    assert recon[-1] < 0.3 * recon[0], recon
+    assert loss[-1] < 0.1 * max(loss), loss
+    # the untrained generator copies the previous frame: beating that means it learnt the motion
+    assert recon[-1] < copy_previous_mse, (recon, copy_previous_mse)
 
 
 def test_validation_uses_running_statistics_and_restores_train_mode(tiny):

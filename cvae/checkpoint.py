@@ -81,3 +81,27 @@ def latest_good(folder: str | Path) -> Path | None:
         except CheckpointError as err:
             log.warning("%s; falling back to an older checkpoint", err)
     return None
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """Load state['model'] into `model`; a CheckpointError names the first weight that does not fit."""
+    cfg, weights = config_of(state, path), state["model"]
+    described = (f"the model its config describes (F_dim={cfg.F_dim}, L_dim={cfg.L_dim}, N_dim={cfg.N_dim}, "
+                 f"D_out_dim={cfg.D_out_dim})")
+    hint = "was its config edited, or the file written by another version of cvae/model.py?"
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"checkpoint {path} holds no state dict under 'model'")
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} holds weights of another model than {described}: "
+                              f"{len(missing)} missing (first {missing[:1]}), {len(unexpected)} unexpected "
+                              f"(first {unexpected[:1]}); {hint}")
+    for name, tensor in expected.items():
+        stored = weights[name]
+        if not isinstance(stored, torch.Tensor) or stored.shape != tensor.shape:
+            shape = list(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
+            raise CheckpointError(f"checkpoint {path} holds weights of another shape than {described}: "
+                                  f"{name} is {shape} where the config needs {list(tensor.shape)}; {hint}")
+    model.load_state_dict(weights)

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from cvae import checkpoint
 from cvae.config import TrainConfig
 from cvae.data import TestSequence, load_frames, load_test_sequences
-from cvae.errors import CheckpointError, CVAEError, DataError
+from cvae.errors import CVAEError, DataError
 from cvae.metrics import psnr, save_psnr_csv
 from cvae.model import VideoCVAE
-from cvae.train import VAL_NOISE_SEED_OFFSET, autocast, memory_format, resolve_device, to_unit
+from cvae.train import memory_format, resolve_device, sample_rollouts, to_unit
 from cvae.video import save_gif, side_by_side, to_uint8
 
 SPLITS = ("test", "val")
@@ -106,8 +106,7 @@ def load_model(path: str | Path, device: str | None = None) -> tuple[VideoCVAE, 
         raise CVAEError(f"device {cfg.device!r} (from {source}) needs CUDA, which is not available here; "
                         f"pass --device cpu")
     model = VideoCVAE(cfg)
-    _check_weights_fit(model, state["model"], path, cfg)
-    model.load_state_dict(state["model"])
+    checkpoint.load_weights(model, state, path)
     # the trainer's memory format too: convolutions may round differently in NHWC, and val PSNR must match
     return model.to(target, memory_format=memory_format(cfg)).eval(), cfg
 
@@ -122,25 +121,6 @@ def load_sequences(root: Path, split: str, cfg: TrainConfig) -> dict[str, TestSe
                         f"validated on val_vi_len={cfg.val_vi_len}; pass the data set it was trained on with --DR")
     images, labels = val.images[: cfg.val_vi_len], val.labels[: cfg.val_vi_len]  # (T, 3, H, W) uint8
     return {"val": TestSequence(first_frame=images[0], labels=labels, images=images)}
-
-
-def sample_rollouts(model: VideoCVAE, first_frame: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                    seed: int, samples: int = 1) -> torch.Tensor:
-    """`samples` rollouts of one sequence with z ~ N(0, I): (K, T, 3, H, W) float in [0, 1] on the model's device.
-
-    first_frame: (3, H, W) uint8; labels: (T, 3, H, W) uint8, every pose map of the sequence.
-
-    Each sequence's noise starts from the stream `cvae.train.validate` draws for `seed`, so sample 0 of
-    the validation video is the rollout the trainer scored; later samples draw on from the same stream.
-    The samples run one at a time: as one batch they would draw their noise in another order.
-    """
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed + VAL_NOISE_SEED_OFFSET)
-    start = to_unit(first_frame.to(device)).unsqueeze(0)  # (1, 3, H, W)
-    poses = to_unit(labels.to(device)).unsqueeze(0)  # (1, T, 3, H, W)
-    with autocast(cfg, device):
-        videos = [model.rollout(start, poses, generator)[0].float() for _ in range(samples)]
-    return torch.stack(videos)  # (K, T, 3, H, W)
 
 
 def sample_folder(name: str, sample: int) -> str:
@@ -261,28 +241,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def _check_weights_fit(model: VideoCVAE, weights: Any, path: str | Path, cfg: TrainConfig) -> None:
-    """A CheckpointError naming the first weight that does not fit the model the checkpoint's config describes."""
-    described = (f"the model its config describes (F_dim={cfg.F_dim}, L_dim={cfg.L_dim}, N_dim={cfg.N_dim}, "
-                 f"D_out_dim={cfg.D_out_dim})")
-    hint = "was its config edited, or the file written by another version of cvae/model.py?"
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"checkpoint {path} holds no state dict under 'model'")
-    expected = model.state_dict()
-    missing = [name for name in expected if name not in weights]
-    unexpected = [name for name in weights if name not in expected]
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} holds weights of another model than {described}: "
-                              f"{len(missing)} missing (first {missing[:1]}), {len(unexpected)} unexpected "
-                              f"(first {unexpected[:1]}); {hint}")
-    for name, tensor in expected.items():
-        stored = weights[name]
-        if not isinstance(stored, torch.Tensor) or stored.shape != tensor.shape:
-            shape = list(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
-            raise CheckpointError(f"checkpoint {path} holds weights of another shape than {described}: "
-                                  f"{name} is {shape} where the config needs {list(tensor.shape)}; {hint}")
 
 
 if __name__ == "__main__":

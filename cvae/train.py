@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from cvae import checkpoint
 from cvae.config import TrainConfig
 from cvae.data import VideoData
-from cvae.errors import CheckpointError, TrainingDiverged
+from cvae.errors import TrainingDiverged
 from cvae.metrics import psnr
 from cvae.model import VideoCVAE
 from cvae.schedules import kl_beta, make_lr_scheduler, make_optimizer, teacher_forcing_ratio
@@ -108,6 +108,25 @@ def clip_losses(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, te
     return recon, kl
 
 
+def sample_rollouts(model: VideoCVAE, first_frame: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                    seed: int, samples: int = 1) -> torch.Tensor:
+    """`samples` rollouts of one sequence with z ~ N(0, I): (K, T, 3, H, W) float in [0, 1] on the model's device.
+
+    first_frame: (3, H, W) uint8; labels: (T, 3, H, W) uint8, every pose map of the sequence.
+
+    Each sequence's noise starts from the stream `cvae.train.validate` draws for `seed`, so sample 0 of
+    the validation video is the rollout the trainer scored; later samples draw on from the same stream.
+    The samples run one at a time: as one batch they would draw their noise in another order.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed + VAL_NOISE_SEED_OFFSET)
+    start = to_unit(first_frame.to(device)).unsqueeze(0)  # (1, 3, H, W)
+    poses = to_unit(labels.to(device)).unsqueeze(0)  # (1, T, 3, H, W)
+    with autocast(cfg, device):
+        videos = [model.rollout(start, poses, generator)[0].float() for _ in range(samples)]
+    return torch.stack(videos)  # (K, T, 3, H, W)
+
+
 def validate(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
              seed: int) -> np.ndarray:
     """Autoregressive rollout of the validation video from its first frame, z ~ N(0, I).
@@ -116,12 +135,9 @@ def validate(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, cfg: 
     """
     was_training = model.training
     model.eval()  # batch norm must use its running statistics, not the rollout's
-    device = images.device
-    generator = torch.Generator(device).manual_seed(seed + VAL_NOISE_SEED_OFFSET)
-    with autocast(cfg, device):
-        frames = model.rollout(to_unit(images[:1]), to_unit(labels).unsqueeze(0), generator)  # (1, T, 3, H, W)
+    frames = sample_rollouts(model, images[0], labels, cfg, seed)[0]  # (T, 3, H, W)
     model.train(was_training)
-    return psnr(frames[0, 1:].float(), to_unit(images[1:])).cpu().numpy().astype(np.float64)
+    return psnr(frames[1:], to_unit(images[1:])).cpu().numpy().astype(np.float64)
 
 
 def memory_format(cfg: TrainConfig) -> torch.memory_format:
@@ -167,13 +183,7 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
     start_epoch = 0
     if resume_from is not None:
         state = checkpoint.load(resume_from, map_location=device)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError:
-            stored = checkpoint.config_of(state, resume_from)
-            raise CheckpointError(f"checkpoint {resume_from} holds a model of another shape "
-                                  f"(F_dim={stored.F_dim}, L_dim={stored.L_dim}, N_dim={stored.N_dim}, "
-                                  f"D_out_dim={stored.D_out_dim})") from None
+        checkpoint.load_weights(model, state, resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         data_rng.set_state(state["data_rng"])

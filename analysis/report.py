@@ -1,0 +1,237 @@
+"""A sweep's report: its runs read from MLflow, every figure and table made, all written to one folder.
+
+The folder gets the figures (`1_psnr_per_frame.png`, ...), `summary.csv` and `summary.md`, and
+`report.md` and `index.html`, which show the same figures, the spec, the table and which
+configurations differ from the best by more than the seed-to-seed spread.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+import pandas as pd
+from matplotlib.figure import Figure
+from optuna.trial import TrialState
+
+from analysis import figures, stats, tables
+from analysis.document import Document, FigureEntry, Section, html_page, markdown, markdown_table
+from analysis.errors import ReportError
+from analysis.runs import Sweep, load_study, load_sweep
+from experiments.spec import DEFAULT_TRACKING_URI
+
+FORMATS = ("png", "pdf", "svg")
+REPORTS_DIR = Path("reports")
+MAX_CONFIGURATIONS = 10  # a sampled sweep's per-configuration figures show its best ones only
+PSNR_OBJECTIVES = ("final_val_psnr", "best_val_psnr")
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `write_report` wrote, and what it could not make (`notes`)."""
+
+    sweep: str
+    folder: Path
+    markdown: Path
+    html: Path
+    files: tuple[Path, ...]
+    notes: tuple[str, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Made:
+    stem: str
+    title: str
+    caption: str
+    figure: Figure
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """`--format png,pdf` -> ('png', 'pdf'); a format matplotlib is not asked for here is a ReportError."""
+    formats = tuple(dict.fromkeys(part.strip().lower().lstrip(".") for part in text.split(",") if part.strip()))
+    wrong = [fmt for fmt in formats if fmt not in FORMATS]
+    if wrong or not formats:
+        raise ReportError(f"--format: {', '.join(wrong) or repr(text)} is not a figure format; "
+                          f"give a comma-separated list of {', '.join(FORMATS)}")
+    return formats
+
+
+def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = None,
+                 experiment: str | None = None, out: str | Path | None = None,
+                 formats: Sequence[str] = ("png",)) -> Report:
+    """Read a sweep (the latest when neither `sweep` nor `experiment` is given) and write its report into `out`
+    (default reports/<sweep>)."""
+    started = time.perf_counter()
+    data = load_sweep(tracking_uri, sweep=sweep, experiment=experiment)
+    folder = Path(out) if out is not None else REPORTS_DIR / data.name
+    if folder.exists() and not folder.is_dir():
+        raise ReportError(f"--out: {folder} is a file; give a folder for the report")
+    folder.mkdir(parents=True, exist_ok=True)
+    table = tables.summary_table(data.trials, data.frames, data.metric, data.direction)
+    comparisons = stats.compare_to_best(data.trials, table, table.attrs["objective"])
+    made, notes = make_figures(data, table)
+    written: list[Path] = []
+    entries = []
+    for item in made:
+        paths = figures.save(item.figure, folder, item.stem, formats)
+        written += paths
+        entries.append(FigureEntry(paths[0].name, item.title, item.caption, tuple(p.name for p in paths[1:])))
+    table.to_csv(folder / "summary.csv", index=False, float_format="%.4f")
+    (folder / "summary.md").write_text(markdown_table(tables.formatted(table)) + "\n", encoding="utf-8")
+    document = build_document(data, table, comparisons, tuple(entries), notes)
+    (folder / "report.md").write_text(markdown(document), encoding="utf-8")
+    (folder / "index.html").write_text(html_page(document), encoding="utf-8")
+    written += [folder / name for name in ("summary.csv", "summary.md", "report.md", "index.html")]
+    return Report(data.name, folder, folder / "report.md", folder / "index.html", tuple(written), tuple(notes),
+                  time.perf_counter() - started)
+
+
+def make_figures(data: Sweep, table: pd.DataFrame) -> tuple[list[_Made], list[str]]:
+    """Figures 1-5 from the COMPLETE trials, and Optuna's two for a sampled sweep; notes say what was left out."""
+    notes: list[str] = []
+    colours = figures.palette(data.configurations)
+    finished = [config for config, seeds in zip(table["configuration"], table["seeds"]) if seeds > 0]
+    shown = finished[:MAX_CONFIGURATIONS]
+    among = ""
+    if len(finished) > len(shown):
+        among = f" Only the {len(shown)} best of {len(finished)} configurations are drawn."
+        notes.append(f"figures 1, 2 and 5 show the {len(shown)} best of {len(finished)} configurations")
+    epochs = data.epochs[data.epochs["status"] == "COMPLETE"]
+    frames = data.frames[data.frames["status"] == "COMPLETE"]
+    best_epochs = epochs[epochs["configuration"].isin(shown)]
+    spread = "line: mean over seeds, band: ±1 std over seeds."
+    made = [
+        _Made("1_psnr_per_frame", "PSNR per frame",
+              f"PSNR of each predicted frame of the validation video after the last epoch; {spread}{among}",
+              figures.psnr_per_frame(frames[frames["configuration"].isin(shown)], colours)),
+        _Made("2_loss_curves", "Training losses",
+              f"Training loss per epoch: total, reconstruction (MSE) and KL terms; {spread}{among}",
+              figures.loss_curves(best_epochs, colours)),
+        _Made("3_teacher_forcing", "Teacher forcing ratio",
+              "Teacher forcing ratio of each epoch, one line per teacher forcing setting of the sweep.",
+              figures.tfr_schedule(epochs, colours)),
+        _Made("4_kl_beta", "KL annealing",
+              "KL weight β of each epoch, one line per KL annealing setting of the sweep.",
+              figures.kl_beta_schedule(epochs, colours)),
+        _Made("5_val_psnr", "Validation PSNR per epoch",
+              f"Validation PSNR (mean over the video's predicted frames) after each epoch; {spread}{among}",
+              figures.val_psnr_curves(best_epochs, colours)),
+    ]
+    if data.sampler == "grid":
+        return made, notes
+    study, why = load_study(data)
+    if study is None:
+        notes.append(f"no Optuna figures: {why}")
+        return made, notes
+    for stem, title, caption, make, needs in (
+            ("7_param_importances", "Hyperparameter importances",
+             "How much of the objective's variation each sampled hyperparameter explains (Optuna, fANOVA).",
+             figures.param_importances, why_no_importances),
+            ("7_optimization_history", "Optimisation history",
+             "Objective value of each trial in the order the trials were numbered, and the best so far.",
+             figures.optimization_history, why_no_history)):
+        reason = needs(study)
+        if reason:
+            notes.append(f"no {title.lower()} figure: {reason}")
+            continue
+        try:
+            made.append(_Made(stem, title, caption, make(study, target_name=data.metric)))
+        except (ValueError, RuntimeError) as err:  # Optuna's refusals for too few or degenerate trials
+            notes.append(f"no {title.lower()} figure: Optuna says {' '.join(str(err).split())}")
+    return made, notes
+
+
+def why_no_importances(study: optuna.Study) -> str:
+    """Why Optuna cannot rank the study's hyperparameters, or '' when it can."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return f"importances need 2 or more COMPLETE trials, the study has {len(complete)}"
+    varied = {name for trial in complete for name in trial.params
+              if len({str(t.params.get(name)) for t in complete}) > 1}
+    if not varied:
+        return "no sampled hyperparameter took more than one value among the COMPLETE trials"
+    return ""
+
+
+def why_no_history(study: optuna.Study) -> str:
+    """Why there is no optimisation history to draw, or '' when there is."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return "the study has no COMPLETE trial"
+    return ""
+
+
+# ---------------------------------------------------------------- the document
+
+
+def build_document(data: Sweep, table: pd.DataFrame, comparisons: pd.DataFrame,
+                   entries: tuple[FigureEntry, ...], notes: list[str]) -> Document:
+    counts = data.trials["status"].value_counts()
+    trials = ", ".join(f"{counts[s]} {s.lower()}" for s in ("COMPLETE", "FAILED", "PRUNED", "RUNNING") if s in counts)
+    facts = [("sweep", data.name), ("trials", f"{len(data.trials)} ({trials})"),
+             ("configurations", str(len(data.configurations))),
+             ("seeds", ", ".join(str(s) for s in sorted(data.trials["seed"].unique()))),
+             ("sampler", f"{data.sampler}, pruner {data.tags.get('sweep.pruner', 'none')}"),
+             ("objective", f"{data.metric} ({data.direction})"),
+             ("MLflow", f"{data.tracking_uri}, experiment {data.experiment_id}, parent run {data.parent_run_id}")]
+    if data.earlier_sweeps:
+        facts.append(("note", f"the experiment also holds {data.earlier_sweeps} earlier sweep(s) of this name; "
+                              "only the latest is reported"))
+    window = table.attrs["frame_window"]
+    table_notes = (f"Mean ± std over the finished seeds of each configuration, best first by {data.metric}. "
+                   f"Failed and pruned trials are counted, never averaged in. PSNR frames: the first and the last "
+                   f"{window} predicted frames of the validation video after the last epoch. Wall time: a "
+                   "finished trial's, start to end, data loading and checkpoints included. The same table is in "
+                   "`summary.csv`.")
+    before = [Section("Summary", (table_notes,), tables.formatted(table)),
+              Section("Differences from the best configuration", _comparison_text(table, comparisons),
+                      stats.formatted(comparisons, _unit(table)) if comparisons["p_value"].notna().any() else None)]
+    after = []
+    problems = data.trials[data.trials["status"] != "COMPLETE"]
+    if len(problems):
+        listed = problems[["trial", "configuration", "seed", "status", "error"]].astype({"configuration": str})
+        after.append(Section("Trials that did not finish", (
+            "Not in any mean above. A failed grid trial runs again when the same `python run_sweep.py` "
+            "command is repeated.",), listed.replace({"error": {"": "-"}})))
+    if notes:
+        after.append(Section("Left out", tuple(note[0].upper() + note[1:] + "." for note in notes)))
+    after.append(Section("Sweep spec", (f"As logged with the sweep (`{data.tags.get('sweep.spec', '?')}`).",),
+                         code=data.spec_text or "(not logged)", code_language="yaml"))
+    return Document(f"Sweep report: {data.name}", tuple(facts), tuple(before), entries, tuple(after))
+
+
+def _comparison_text(table: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[str, ...]:
+    objective, unit = table.attrs["objective"], _unit(table)
+    best = table.iloc[0]
+    name = tables.HEADERS.get(objective, objective).replace(" (dB)", "")
+    seeds = int(best["seeds"])
+    first = (f"Best: {best['configuration']}, {name} {best[f'{objective}_mean']:.2f}"
+             + (f" ± {best[f'{objective}_std']:.2f}" if seeds > 1 else "") + (f" {unit}" if unit else "")
+             + f" ({seeds} seed{'s' if seeds > 1 else ''}).")
+    if comparisons.empty:
+        return first, "No other configuration has a finished seed to compare with."
+    if comparisons["p_value"].isna().all():
+        return first, ("The seed-to-seed spread is unknown: no comparison has two or more finished seeds on both "
+                       "sides, so no difference can be told from seed noise. Give the sweep more seeds "
+                       "(e.g. `seeds: [1, 2, 3]`) and run it again: finished trials are kept.")
+    larger = comparisons[comparisons["verdict"] == stats.LARGER]
+    within = comparisons[comparisons["verdict"] == stats.WITHIN]
+    lines = [first]
+
+    def listed(rows: pd.DataFrame) -> str:
+        return "; ".join(f"{row.configuration} ({row.difference:+.2f} {unit})" for row in rows.itertuples())
+
+    lines.append(f"Larger than the seed spread (Welch's t-test against the best, p < {stats.ALPHA}): "
+                 + (listed(larger) if len(larger) else "none") + ".")
+    if len(within):
+        lines.append("Within the seed spread, not told apart from the best: " + listed(within) + ".")
+    lines.append("With few seeds only large differences show; the p-values are not corrected for the "
+                 f"{len(comparisons)} comparisons.")
+    return tuple(lines)
+
+
+def _unit(table: pd.DataFrame) -> str:
+    return "dB" if table.attrs["objective"] in PSNR_OBJECTIVES else ""
+

@@ -1,0 +1,318 @@
+"""One sweep's runs in MLflow -> tidy DataFrames: a row per trial, per (trial, epoch, metric), per (trial, frame).
+
+A sweep is an MLflow experiment holding a parent run (tag `sweep.parent=true`) and one child run per
+Optuna trial, as `experiments.tracking` logs them. When an experiment holds several parent runs (the
+sweep was started afresh under the same name), the latest is the sweep and the others are counted.
+Epochs are numbered from 1 here, as the trainer's progress bar and checkpoints count them; MLflow's
+steps count from 0.
+
+Beside the runs lies the sweep's Optuna study, which `load_study` opens read-only from the storage
+the parent run names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Experiment, Run
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
+from analysis.errors import ReportError
+from analysis.labels import configuration_label, kl_setting, swept_keys, tfr_setting
+from cvae.config import TrainConfig
+from cvae.errors import ConfigError
+from experiments.spec import DEFAULT_TRACKING_URI, URL
+from experiments.tracking import EPOCH_METRICS, ERROR, FRAME_METRIC, IS_PARENT, RUN_STATUS, STATUS
+
+SQLITE = "sqlite:///"
+SPEC_NOTE = re.compile(r"```yaml\n(.*)\n```", re.DOTALL)  # how experiments.tracking puts it in the description
+# the last epoch's value of these metrics becomes a trial column: metric -> column
+FINAL_COLUMNS = {"val/psnr": "final_val_psnr", "train/loss": "final_train_loss", "train/recon": "final_train_recon",
+                 "train/kl": "final_train_kl"}
+RUN_STATES = {run: state for state, run in RUN_STATUS.items()}  # MLflow run status -> trial state, for untagged runs
+IDENTITY = ["run_id", "trial", "group", "configuration", "seed", "status"]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep as logged: its parent run's tags and spec, and its trials as DataFrames (see `load_sweep`)."""
+
+    name: str
+    experiment_id: str
+    tracking_uri: str
+    parent_run_id: str
+    tags: dict[str, str]
+    spec_text: str
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    frames: pd.DataFrame
+    earlier_sweeps: int  # parent runs of earlier sweeps under the same experiment name, not read
+
+    @property
+    def sampler(self) -> str:
+        return self.tags.get("sweep.sampler", "grid")
+
+    @property
+    def metric(self) -> str:
+        return self.tags.get("sweep.metric", "val_psnr")
+
+    @property
+    def direction(self) -> str:
+        return self.tags.get("sweep.direction", "maximize")
+
+    @property
+    def configurations(self) -> list[str]:
+        """Every configuration's label, in the sweep's order (that of its first trial)."""
+        return list(self.trials["configuration"].cat.categories)
+
+
+def connect(tracking_uri: str = DEFAULT_TRACKING_URI) -> MlflowClient:
+    """A client for `tracking_uri` that has answered once; a missing SQLite file is an error, not a new database."""
+    if tracking_uri.startswith(SQLITE) and ":memory:" not in tracking_uri:
+        path = Path(tracking_uri[len(SQLITE):])
+        if not path.is_file():
+            raise ReportError(f"--tracking-uri: no MLflow database at {path}; run a sweep first "
+                              f"(python run_sweep.py sweeps/quick.yaml) or pass the URI it logged to")
+    try:
+        client = MlflowClient(tracking_uri)
+        client.search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - MLflow, SQLAlchemy and requests share no base class
+        raise ReportError(f"--tracking-uri: cannot open {tracking_uri!r} ({_one_line(err)})") from None
+    return client
+
+
+def load_sweep(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = None,
+               experiment: str | None = None) -> Sweep:
+    """The sweep named `sweep`, or the MLflow experiment `experiment` (name or id), or else the latest sweep."""
+    client = connect(tracking_uri)
+    found = find_experiment(client, tracking_uri, sweep, experiment)
+    parents = _search(client, [found.experiment_id], f"tags.`{IS_PARENT}` = 'true'",
+                      order_by=["attributes.start_time DESC"])
+    if not parents:
+        raise ReportError(f"MLflow experiment {found.name!r} at {tracking_uri} holds no sweep (no run tagged "
+                          f"{IS_PARENT}=true); the sweeps there are: {_names(sweep_names(client))}")
+    parent = parents[0]
+    children = _search(client, [found.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
+    trials = trials_frame(children)
+    if not (trials["status"] == "COMPLETE").any():
+        counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+        seen = ", ".join(f"{count} {status.lower()}" for status, count in counts.items()) or "no trial started"
+        raise ReportError(f"sweep {found.name!r} at {tracking_uri} has no finished trial yet ({seen}); "
+                          f"finish it with python run_sweep.py {parent.data.tags.get('sweep.spec', 'SPEC')}")
+    histories = {run.info.run_id: _histories(client, run.info.run_id) for run in children}
+    return Sweep(name=found.name, experiment_id=found.experiment_id, tracking_uri=tracking_uri,
+                 parent_run_id=parent.info.run_id, tags=dict(parent.data.tags), spec_text=_spec_text(parent),
+                 trials=_add_finals(trials, histories), epochs=epochs_frame(trials, histories),
+                 frames=frames_frame(trials, histories), earlier_sweeps=len(parents) - 1)
+
+
+def find_experiment(client: MlflowClient, tracking_uri: str, sweep: str | None = None,
+                    experiment: str | None = None) -> Experiment:
+    """The experiment of `sweep` (its name), of `experiment` (a name or an id), or of the latest sweep."""
+    if sweep is not None:
+        found = client.get_experiment_by_name(sweep)
+        if found is None or found.lifecycle_stage != "active":
+            raise ReportError(f"--sweep: no sweep {sweep!r} in MLflow at {tracking_uri}; "
+                              f"the sweeps there are: {_names(sweep_names(client))}")
+        return found
+    if experiment is not None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None and experiment.isdigit():
+            try:
+                found = client.get_experiment(experiment)
+            except MlflowException:
+                found = None
+        if found is None or found.lifecycle_stage != "active":
+            names = [e.name for e in _experiments(client)]
+            raise ReportError(f"--experiment: no experiment {experiment!r} in MLflow at {tracking_uri}; "
+                              f"the experiments there are: {_names(names)}")
+        return found
+    latest = _search(client, [e.experiment_id for e in _experiments(client)], f"tags.`{IS_PARENT}` = 'true'",
+                     order_by=["attributes.start_time DESC"], max_results=1)
+    if not latest:
+        raise ReportError(f"no sweep in MLflow at {tracking_uri} yet; run one with python run_sweep.py SPEC")
+    return client.get_experiment(latest[0].info.experiment_id)
+
+
+def sweep_names(client: MlflowClient) -> list[str]:
+    """The names of the experiments holding a sweep, sorted."""
+    experiments = {e.experiment_id: e.name for e in _experiments(client)}
+    parents = _search(client, list(experiments), f"tags.`{IS_PARENT}` = 'true'") if experiments else []
+    return sorted({experiments[run.info.experiment_id] for run in parents})
+
+
+# ---------------------------------------------------------------- DataFrames
+
+
+def trials_frame(children: list[Run]) -> pd.DataFrame:
+    """One row per trial: identity (run id, trial number, group, configuration, seed), status, timing, params.
+
+    `configuration` is categorical, its categories in the order of each configuration's first trial;
+    `params.<field>` hold every TrainConfig field with its type (tuples as TrainConfig's '2,5').
+    """
+    rows = [_trial_row(run) for run in children]
+    if not rows:
+        return pd.DataFrame(columns=[*IDENTITY, "group_label", "error"])
+    trials = pd.DataFrame(rows).sort_values("trial", kind="stable", ignore_index=True)
+    labels = trials.groupby("group", sort=False)["configuration"].first()
+    clash = labels[labels.duplicated(keep=False)]  # two groups would read the same: name them by their values
+    trials["configuration"] = trials.apply(
+        lambda row: row["group_label"] if row["group"] in clash.index else row["configuration"], axis=1)
+    trials["configuration"] = pd.Categorical(trials["configuration"],
+                                             categories=list(dict.fromkeys(trials["configuration"])))
+    return trials
+
+
+def epochs_frame(trials: pd.DataFrame, histories: dict[str, dict[str, list]]) -> pd.DataFrame:
+    """One row per (trial, epoch, metric): the trial's identity and settings, metric, epoch (from 1), value."""
+    rows = [(run_id, key, metric.step + 1, metric.value)
+            for run_id, metrics in histories.items() for key in EPOCH_METRICS for metric in metrics[key]]
+    values = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
+    return _with_identity(trials, values, ["kl_setting", "tfr_setting"])
+
+
+def frames_frame(trials: pd.DataFrame, histories: dict[str, dict[str, list]]) -> pd.DataFrame:
+    """One row per (trial, frame) of the final validation: the trial's identity, frame (1..T-1), psnr."""
+    rows = [(run_id, metric.step, metric.value)
+            for run_id, metrics in histories.items() for metric in metrics[FRAME_METRIC]]
+    values = pd.DataFrame(rows, columns=["run_id", "frame", "psnr"])
+    return _with_identity(trials, values, [])
+
+
+def _with_identity(trials: pd.DataFrame, values: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+    identity = trials[IDENTITY + extra]
+    merged = identity.merge(values, on="run_id", how="inner", validate="one_to_many")
+    return merged.sort_values(["trial", *values.columns[1:-1]], kind="stable", ignore_index=True)
+
+
+def _trial_row(run: Run) -> dict[str, Any]:
+    tags, params = run.data.tags, _typed_params(run.data.params)
+    group_label = tags.get("sweep.group_label", "")
+    row = {
+        "run_id": run.info.run_id,
+        "trial": int(tags.get("optuna.trial_number", -1)),
+        "group": tags.get("sweep.group_key", group_label),
+        "configuration": configuration_label(swept_keys(group_label), params) if _complete(params) else group_label,
+        "seed": int(tags.get("sweep.seed", params.get("seed", -1))),
+        "status": tags.get(STATUS) or RUN_STATES.get(run.info.status, run.info.status),
+        "group_label": group_label,
+        "error": tags.get(ERROR, ""),
+        "gpu": tags.get("sweep.gpu", ""),
+        "start": pd.Timestamp(run.info.start_time, unit="ms"),
+        "wall_seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else float("nan"),
+        "kl_setting": kl_setting(params) if _complete(params) else "",
+        "tfr_setting": tfr_setting(params) if _complete(params) else "",
+    }
+    row.update({f"params.{key}": value for key, value in params.items()})
+    return row
+
+
+def _typed_params(params: dict[str, str]) -> dict[str, Any]:
+    """Params as TrainConfig reads them (18 -> int, '2,5' stays a string); as logged if they no longer make one."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        cfg = TrainConfig.from_dict({key: value for key, value in params.items() if key in known})
+    except (ConfigError, TypeError):
+        return dict(params)
+    typed = {key: getattr(cfg, key) for key in params if key in known}
+    return {key: ",".join(map(str, value)) if isinstance(value, tuple) else value for key, value in typed.items()}
+
+
+def _complete(params: dict[str, Any]) -> bool:
+    """Whether the params name every knob a label reads (a run whose params are missing is named by its tag)."""
+    return all(isinstance(params.get(key), (int, float)) for key in ("tfr", "tfr_sde", "tfr_d_step", "num_epoch"))
+
+
+def _histories(client: MlflowClient, run_id: str) -> dict[str, list]:
+    """Every epoch metric and the per-frame PSNR of one run, each sorted by step."""
+    return {key: sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            for key in (*EPOCH_METRICS, FRAME_METRIC)}
+
+
+def _add_finals(trials: pd.DataFrame, histories: dict[str, dict[str, list]]) -> pd.DataFrame:
+    """epochs (how many were logged), the last epoch's value of FINAL_COLUMNS, and the best epoch's val PSNR."""
+    trials = trials.copy()
+    nan = float("nan")
+    trials["epochs"] = [len(histories[run_id]["val/psnr"]) for run_id in trials["run_id"]]
+    for key, column in FINAL_COLUMNS.items():
+        trials[column] = [histories[r][key][-1].value if histories[r][key] else nan for r in trials["run_id"]]
+    trials["best_val_psnr"] = [max((m.value for m in histories[r]["val/psnr"]), default=nan)
+                               for r in trials["run_id"]]
+    return trials
+
+
+def _spec_text(parent: Run) -> str:
+    """The spec YAML the launcher put in the parent run's description, or else the file it names; '' if neither."""
+    note = SPEC_NOTE.search(parent.data.tags.get(MLFLOW_RUN_NOTE, ""))
+    if note:
+        return note.group(1) + "\n"
+    path = Path(parent.data.tags.get("sweep.spec", ""))
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+# ---------------------------------------------------------------- the Optuna study
+
+
+def load_study(sweep: Sweep) -> tuple[optuna.Study | None, str]:
+    """The sweep's Optuna study from the storage its parent run names, or None and why it cannot be read."""
+    storage_name = sweep.tags.get("sweep.storage", "")
+    if not storage_name:
+        return None, "the parent run names no Optuna storage (tag sweep.storage)"
+    try:
+        if URL.match(storage_name):
+            storage: optuna.storages.BaseStorage | str = storage_name
+        elif Path(storage_name).is_file():
+            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage_name))
+        else:
+            return None, f"its Optuna journal {storage_name} is gone"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.load_study(study_name=sweep.name, storage=storage), ""
+    except Exception as err:  # noqa: BLE001 - KeyError for a missing study; SQLAlchemy errors for a bad URL
+        return None, f"cannot read study {sweep.name!r} from {storage_name} ({_one_line(err)})"
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str,
+            order_by: list[str] | None = None, max_results: int | None = None) -> list[Run]:
+    """Every run matching, page after page (or the first `max_results`)."""
+    runs: list[Run] = []
+    for page in _pages(lambda token: client.search_runs(experiment_ids, filter_string, order_by=order_by,
+                                                        max_results=max_results or 1000, page_token=token)):
+        runs.extend(page)
+        if max_results and len(runs) >= max_results:
+            return runs[:max_results]
+    return runs
+
+
+def _experiments(client: MlflowClient) -> list[Experiment]:
+    return [e for page in _pages(lambda token: client.search_experiments(page_token=token)) for e in page]
+
+
+def _pages(fetch) -> Iterator[list]:
+    token = None
+    while True:
+        page = fetch(token)
+        yield page
+        token = page.token
+        if not token:
+            return
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if names else "none"
+
+
+def _one_line(err: BaseException) -> str:
+    text = getattr(err, "message", None) or str(err) or type(err).__name__
+    return " ".join(text.split())[:300]

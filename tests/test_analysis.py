@@ -1,0 +1,372 @@
+"""analysis/: real small sweeps, logged by run_sweep.py to temporary MLflow databases, read into DataFrames."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgb
+from mlflow import MlflowClient
+
+from analysis import figures, stats, tables
+from analysis.errors import ReportError
+from analysis.labels import configuration_label, kl_setting, number, swept_keys, tfr_setting
+from analysis.runs import connect, load_study, load_sweep, sweep_names
+from cvae.config import TrainConfig
+from experiments.launcher import configure
+from experiments.spec import group_key, load_spec, trial_plan
+from experiments.study import open_study
+from experiments.tracking import TrialRun, open_parent_run
+
+TINY = ("F_dim: 16, L_dim: 8, N_dim: 2, D_out_dim: 16, train_vi_len: 4, val_vi_len: 8, batch_size: 4, "
+        "partial: 0.5, per_save: 1, device: cpu")
+# Three configurations x two seeds, 4 epochs: Cyclical and Monotonic train; the third diverges in its first epoch.
+GRID = """\
+    name: ablation
+    base: {{{tiny}, num_epoch: 4, DR: "{data}", tfr_sde: 1, tfr_d_step: 0.4}}
+    grid:
+      - {{kl_anneal_type: Cyclical, kl_anneal_cycle: [2], kl_anneal_ratio: [1.0]}}
+      - {{kl_anneal_type: Monotonic, kl_anneal_ratio: [1.0]}}
+      - {{kl_anneal_type: None, lr: [1.0e+30], lr_schedule: [constant], grad_clip: [1.0e+30]}}
+    seeds: [1, 2]
+    execution: {{gpus: [], cpu_workers: 1}}
+    """
+# Three sampled trials of one epoch, for Optuna's own figures.
+SAMPLED = """\
+    name: sampled
+    base: {{{tiny}, num_epoch: 1, DR: "{data}"}}
+    parameters:
+      lr: {{distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}}
+      kl_anneal_type: [Cyclical, None]
+    sampler: random
+    n_trials: 3
+    execution: {{gpus: [], cpu_workers: 1}}
+    """
+ROOT = Path(__file__).resolve().parents[1]
+CYCLICAL, MONOTONIC = "Cyclical (2 cycles, ratio 1)", "Monotonic (ratio 1)"
+DIVERGING = "None (β = 1), lr 1e+30, constant, grad_clip 1e+30"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def logged_sweeps(basetemp: Path, data: Path) -> Path:
+    """Sweeps logged in basetemp/analysis-sweeps, once per test session; returns the folder.
+
+    mlflow.db holds `broken` (a parent run and one failed trial, logged with experiments.tracking) and
+    then `ablation` (GRID, run by `python run_sweep.py`); sampled.db holds `sampled` (SAMPLED), launched
+    at the same time. Their studies are in runs/<name>/optuna.journal.
+    """
+    folder = basetemp / "analysis-sweeps"
+    if (folder / "done").exists():
+        return folder
+    folder.mkdir(exist_ok=True)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    parent = open_parent_run(uri, "broken", "a-sweep-id", tags={"sweep.spec": "sweeps/broken.yaml"})
+    TrialRun.start(MlflowClient(uri), parent, "trial 0", TrainConfig(), tags={"sweep.seed": "1"}).end(
+        "FAILED", "TrainingDiverged: training loss became nan in epoch 1")
+    launches = []
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    for index, (name, text, db) in enumerate((("ablation", GRID, "mlflow.db"), ("sampled", SAMPLED, "sampled.db"))):
+        (folder / f"{name}.yaml").write_text(textwrap.dedent(text.format(tiny=TINY, data=data)))
+        # a core each when there are two: two launches that each think they own every core would
+        # give their torch threads more cores than there are, and spin
+        core = {cores[index % len(cores)]} if len(cores) >= 2 else None
+        launches.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "run_sweep.py"), f"{name}.yaml", "--tracking-uri", f"sqlite:///{db}"],
+            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=(lambda core=core: os.sched_setaffinity(0, core)) if core else None))
+    outputs = [launch.communicate(timeout=300)[0] for launch in launches]
+    # exit codes: 1 = trials still to run (the ablation's diverging ones), 0 = complete
+    assert [launch.returncode for launch in launches] == [1, 0], "\n".join(out[-3000:] for out in outputs)
+    (folder / "done").touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory, small_dataset) -> Path:
+    return logged_sweeps(tmp_path_factory.getbasetemp(), small_dataset)
+
+
+@pytest.fixture(scope="session")
+def uri(swept) -> str:
+    return f"sqlite:///{swept / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def sampled(swept):
+    return load_sweep(f"sqlite:///{swept / 'sampled.db'}", sweep="sampled")
+
+
+@pytest.fixture(scope="session")
+def ablation(uri):
+    return load_sweep(uri, sweep="ablation")
+
+
+@pytest.fixture(scope="session")
+def colours(ablation):
+    return figures.palette(ablation.configurations)
+
+
+def finished(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == "COMPLETE"]
+
+
+# ---------------------------------------------------------------- runs.py: the DataFrames
+
+
+def test_one_row_per_trial_with_its_configuration_seed_and_status(ablation, swept):
+    trials = ablation.trials
+    assert len(trials) == 6 and trials["trial"].tolist() == list(range(6))
+    assert ablation.configurations == [CYCLICAL, MONOTONIC, DIVERGING]  # the spec's order
+    spec = load_spec(swept / "ablation.yaml")
+    assert sorted(zip(trials["group"], trials["seed"])) == sorted((group_key(c), s) for c, s in trial_plan(spec))
+    by_config = trials.groupby("configuration", observed=True)
+    assert by_config["seed"].apply(sorted).to_dict() == {CYCLICAL: [1, 2], MONOTONIC: [1, 2], DIVERGING: [1, 2]}
+    assert by_config["status"].unique().apply(list).to_dict() == {
+        CYCLICAL: ["COMPLETE"], MONOTONIC: ["COMPLETE"], DIVERGING: ["FAILED"]}
+    failed = trials[trials["status"] == "FAILED"]
+    assert failed["error"].str.startswith("TrainingDiverged: training loss became nan in epoch 1").all()
+    done = finished(trials)
+    assert done["epochs"].tolist() == [4, 4, 4, 4] and (done["wall_seconds"] > 0).all()
+    assert (done["best_val_psnr"] >= done["final_val_psnr"]).all()
+    assert done["params.num_epoch"].tolist() == [4] * 4 and done["params.kl_anneal_ratio"].tolist() == [1.0] * 4
+    journal = swept / "runs/ablation/optuna.journal"
+    study = open_study(configure(load_spec(swept / "ablation.yaml"), storage=str(journal)))
+    values = {t.user_attrs["mlflow_run_id"]: t.value for t in study.trials if t.value is not None}
+    assert done.set_index("run_id")["final_val_psnr"].to_dict() == pytest.approx(values)
+    assert ablation.sampler == "grid" and ablation.metric == "val_psnr" and ablation.earlier_sweeps == 0
+    assert "name: ablation" in ablation.spec_text
+
+
+def test_one_row_per_trial_epoch_and_metric_with_the_logged_schedules(ablation):
+    epochs = ablation.epochs
+    # the diverged trials stopped before their first epoch was logged
+    assert len(epochs) == 4 * 4 * 8 and set(epochs["status"]) == {"COMPLETE"}
+    assert set(epochs["metric"]) == {"train/loss", "train/recon", "train/kl", "kl_beta", "tfr", "lr", "val/psnr",
+                                     "epoch_seconds"}
+    assert epochs.groupby(["run_id", "metric"])["epoch"].apply(list).map(tuple).unique().tolist() == [(1, 2, 3, 4)]
+
+    def curve(config: str, metric: str) -> list[float]:
+        rows = epochs[(epochs["configuration"] == config) & (epochs["metric"] == metric)]
+        return rows.groupby("epoch")["value"].mean().round(6).tolist()
+
+    assert curve(CYCLICAL, "kl_beta") == [0.5, 1.0, 0.5, 1.0]  # two cycles of two epochs
+    assert curve(MONOTONIC, "kl_beta") == [0.25, 0.5, 0.75, 1.0]
+    assert curve(CYCLICAL, "tfr") == curve(MONOTONIC, "tfr") == [1.0, 1.0, 0.6, 0.2]  # decays after epoch 2
+    assert set(epochs["kl_setting"]) == {CYCLICAL, MONOTONIC}
+    assert set(epochs["tfr_setting"]) == {"tfr 1, -0.4/epoch after epoch 2"}
+
+
+def test_one_row_per_trial_and_frame(ablation):
+    frames = ablation.frames
+    assert len(frames) == 4 * 7  # val_vi_len 8: frames 1..7 are predicted
+    assert frames.groupby("run_id")["frame"].apply(list).map(tuple).unique().tolist() == [tuple(range(1, 8))]
+    mean = frames.groupby("run_id")["psnr"].mean()
+    assert mean.to_dict() == pytest.approx(finished(ablation.trials).set_index("run_id")["final_val_psnr"].to_dict())
+
+
+def test_without_a_name_the_latest_sweep_is_read(uri, ablation):
+    assert load_sweep(uri).name == "ablation"
+    assert sweep_names(connect(uri)) == ["ablation", "broken"]
+    assert load_sweep(uri, experiment=ablation.experiment_id).name == "ablation"  # an experiment by its id
+
+
+def test_errors_name_what_exists(uri, tmp_path):
+    with pytest.raises(ReportError, match=r"no sweep 'abaltion' .*; the sweeps there are: ablation, broken$"):
+        load_sweep(uri, sweep="abaltion")
+    with pytest.raises(ReportError, match=r"no experiment 'x' .*; the experiments there are: .*ablation"):
+        load_sweep(uri, experiment="x")
+    with pytest.raises(ReportError, match=r"no MLflow database at .*missing\.db"):
+        load_sweep(f"sqlite:///{tmp_path / 'missing.db'}")
+    (tmp_path / "not.db").write_text("not a database")
+    with pytest.raises(ReportError, match=r"cannot open 'sqlite:///.*not\.db'"):
+        load_sweep(f"sqlite:///{tmp_path / 'not.db'}")
+    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(ReportError, match=r"sweep 'broken' .* has no finished trial yet \(1 failed\); finish it with "
+                                          r"python run_sweep.py sweeps/broken.yaml"):
+        load_sweep(uri, sweep="broken")
+
+
+def test_the_study_of_a_sampled_sweep_is_opened_from_the_storage_its_parent_run_names(sampled, swept):
+    study, why = load_study(sampled)
+    assert why == "" and len(study.trials) == 3 and set(study.trials[0].params) == {"lr", "kl_anneal_type"}
+    assert len(sampled.trials) == 3 and sampled.sampler == "random"
+    journal = swept / "runs/sampled/optuna.journal"
+    journal.rename(swept / "moved.journal")
+    try:
+        assert load_study(sampled) == (None, f"its Optuna journal {journal} is gone")
+    finally:
+        (swept / "moved.journal").rename(journal)
+
+
+# ---------------------------------------------------------------- labels.py
+
+
+@pytest.mark.parametrize("swept_label, changes, expected", [
+    ("kl_anneal_type=Cyclical, kl_anneal_cycle=20, kl_anneal_ratio=0.5", {}, "Cyclical (20 cycles, ratio 0.5)"),
+    ("kl_anneal_type=Monotonic", {"kl_anneal_type": "Monotonic"}, "Monotonic (ratio 0.5)"),
+    ("kl_anneal_type=None", {"kl_anneal_type": "None"}, "None (β = 1)"),
+    ("tfr=0.0", {"tfr": 0.0}, "tfr 0 (teacher forcing off)"),
+    ("tfr=1.0", {"tfr_d_step": 0.0}, "tfr 1 (teacher forcing on)"),
+    ("tfr_sde=10", {}, "tfr 1, -0.1/epoch after epoch 11"),
+    ("lr=0.0003, lr_schedule=cosine", {"lr": 3e-4, "lr_schedule": "cosine"}, "lr 3e-4, cosine"),
+    ("milestones=2,5, batch_size=4", {"milestones": "2,5", "batch_size": 4}, "milestones 2,5, batch_size 4"),
+    ("", {}, "base"),
+])
+def test_configuration_labels_read_like_the_lab_report(swept_label, changes, expected):
+    params = {"kl_anneal_type": "Cyclical", "kl_anneal_cycle": 20, "kl_anneal_ratio": 0.5, "tfr": 1.0,
+              "tfr_sde": 10, "tfr_d_step": 0.1, "num_epoch": 70, **changes}
+    assert configuration_label(swept_keys(swept_label), params) == expected
+
+
+def test_settings_and_numbers():
+    params = {"kl_anneal_type": "Cyclical", "kl_anneal_cycle": 10, "kl_anneal_ratio": 1.0, "tfr": 0.5,
+              "tfr_sde": 10, "tfr_d_step": 0.1, "num_epoch": 5}
+    assert kl_setting(params) == "Cyclical (10 cycles, ratio 1)"
+    assert tfr_setting(params) == "tfr 0.5"  # its decay would start after the last epoch
+    assert [number(v) for v in (0.001, 1e30, 0.5, 20, 1.25e-3, "Adam")] == ["1e-3", "1e+30", "0.5", "20", "1.25e-3",
+                                                                          "Adam"]
+
+
+# ---------------------------------------------------------------- tables.py and stats.py
+
+
+def test_summary_table_ranks_configurations_and_counts_failures_apart(ablation):
+    table = tables.summary_table(ablation.trials, ablation.frames)
+    done = finished(ablation.trials)
+    values = done.groupby("configuration", observed=True)["final_val_psnr"]
+    best_first = values.mean().sort_values(ascending=False).index.tolist()
+    assert table["configuration"].tolist() == [*best_first, DIVERGING]
+    assert table[["seeds", "failed", "pruned"]].values.tolist() == [[2, 0, 0], [2, 0, 0], [0, 2, 0]]
+    row = table.set_index("configuration").loc[CYCLICAL]
+    assert row["final_val_psnr_mean"] == pytest.approx(values.mean()[CYCLICAL])
+    assert row["final_val_psnr_std"] == pytest.approx(values.std()[CYCLICAL])  # sample std over the 2 seeds
+    assert row["epochs"] == 4 and table.attrs["frame_window"] == 3  # 7 frames: the first 3 and the last 3
+    frames = ablation.frames[ablation.frames["configuration"] == CYCLICAL]
+    first = frames[frames["frame"] <= 3].groupby("run_id")["psnr"].mean().mean()
+    last = frames[frames["frame"] >= 5].groupby("run_id")["psnr"].mean().mean()
+    assert (row["psnr_first_3_mean"], row["psnr_last_3_mean"]) == pytest.approx((first, last))
+    assert np.isnan(table.iloc[2]["final_val_psnr_mean"])  # the failed seeds are never averaged in
+    shown = tables.formatted(table)
+    assert shown.columns.tolist() == ["#", "configuration", "seeds", "failed", "pruned", "final val PSNR (dB)",
+                                      "best val PSNR (dB)", "PSNR frames 1-3 (dB)", "PSNR last 3 frames (dB)",
+                                      "epochs", "wall time / trial"]
+    assert shown.loc[0, "final val PSNR (dB)"] == f"{table.loc[0, 'final_val_psnr_mean']:.2f} ± " \
+                                                  f"{table.loc[0, 'final_val_psnr_std']:.2f}"
+    assert shown.loc[2, "final val PSNR (dB)"] == "-" and shown.loc[2, "failed"] == 2
+
+
+def test_welch_comparison_against_the_best():
+    trials = pd.DataFrame({"configuration": ["best"] * 3 + ["far"] * 3 + ["near"] * 3 + ["single"],
+                           "status": "COMPLETE",
+                           "value": [20.0, 20.2, 20.1, 18.0, 18.1, 17.9, 20.3, 19.6, 20.0, 15.0]})
+    table = pd.DataFrame({"configuration": ["best", "near", "far", "single"]})
+    compared = stats.compare_to_best(trials, table, "value").set_index("configuration")
+    assert compared.index.tolist() == ["near", "far", "single"]
+    assert compared.loc["far", "difference"] == pytest.approx(-2.1)
+    assert compared.loc["far", "verdict"] == stats.LARGER and compared.loc["far", "p_value"] < 0.001
+    assert compared.loc["far", "ci_low"] < -2.1 < compared.loc["far", "ci_high"] < 0
+    assert compared.loc["near", "verdict"] == stats.WITHIN and compared.loc["near", "ci_low"] < 0 < compared.loc[
+        "near", "ci_high"]
+    assert compared.loc["single", "verdict"] == stats.TOO_FEW and np.isnan(compared.loc["single", "p_value"])
+
+
+def test_the_sweep_s_configurations_are_compared_with_two_seeds_each(ablation):
+    table = tables.summary_table(ablation.trials, ablation.frames)
+    compared = stats.compare_to_best(ablation.trials, table, "final_val_psnr")
+    assert compared["configuration"].tolist() == [table.loc[1, "configuration"]]  # the failed one has no seed
+    assert compared.loc[0, "seeds"] == 2 and compared.loc[0, "verdict"] in (stats.LARGER, stats.WITHIN, stats.NO_SPREAD)
+
+
+# ---------------------------------------------------------------- figures.py
+
+
+def line_colours(ax) -> list[tuple]:
+    return [to_rgb(line.get_color()) for line in ax.get_lines()]
+
+
+def legend_labels(fig) -> list[str]:
+    [legend] = fig.legends
+    return [text.get_text() for text in legend.get_texts()]
+
+
+def assert_legend_below_axes(fig) -> None:
+    fig.draw_without_rendering()
+    [legend] = fig.legends
+    top = legend.get_window_extent().y1
+    assert all(top <= ax.get_window_extent().y0 for ax in fig.axes)
+
+
+def test_psnr_per_frame_has_a_line_and_a_seed_band_per_configuration(ablation, colours):
+    fig = figures.psnr_per_frame(finished(ablation.frames), colours)
+    [ax] = fig.axes
+    assert line_colours(ax) == [colours[CYCLICAL], colours[MONOTONIC]]
+    assert [line.get_xdata().tolist() for line in ax.get_lines()] == [list(range(1, 8))] * 2
+    assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 2  # two seeds: a band each
+    frames = ablation.frames[ablation.frames["configuration"] == CYCLICAL]
+    assert ax.get_lines()[0].get_ydata() == pytest.approx(frames.groupby("frame")["psnr"].mean().to_numpy())
+    assert legend_labels(fig) == [CYCLICAL, MONOTONIC]
+    assert_legend_below_axes(fig)
+
+
+def test_loss_curves_have_three_panels_of_one_line_per_configuration(ablation, colours):
+    fig = figures.loss_curves(finished(ablation.epochs), colours)
+    assert [ax.get_title() for ax in fig.axes] == ["total loss", "reconstruction (MSE)", "KL divergence"]
+    for ax in fig.axes:
+        assert line_colours(ax) == [colours[CYCLICAL], colours[MONOTONIC]]
+        assert [line.get_xdata().tolist() for line in ax.get_lines()] == [[1, 2, 3, 4]] * 2
+    assert legend_labels(fig) == [CYCLICAL, MONOTONIC]
+    assert_legend_below_axes(fig)
+
+
+def test_schedules_have_one_line_per_distinct_setting(ablation, colours):
+    epochs = finished(ablation.epochs)
+    tfr = figures.tfr_schedule(epochs, colours)
+    [ax] = tfr.axes
+    [line] = ax.get_lines()  # both configurations share one teacher forcing setting: one grey line
+    assert line.get_ydata().tolist() == pytest.approx([1.0, 1.0, 0.6, 0.2])
+    assert legend_labels(tfr) == ["tfr 1, -0.4/epoch after epoch 2"]
+    beta = figures.kl_beta_schedule(epochs, colours)
+    [ax] = beta.axes
+    assert [line.get_ydata().tolist() for line in ax.get_lines()] == [[0.5, 1.0, 0.5, 1.0], [0.25, 0.5, 0.75, 1.0]]
+    assert line_colours(ax) == [colours[CYCLICAL], colours[MONOTONIC]]  # a setting per configuration: its colour
+    assert legend_labels(beta) == [CYCLICAL, MONOTONIC]
+    assert_legend_below_axes(beta)
+
+
+def test_val_psnr_curves_mean_over_seeds(ablation, colours):
+    fig = figures.val_psnr_curves(finished(ablation.epochs), colours)
+    [ax] = fig.axes
+    assert line_colours(ax) == [colours[CYCLICAL], colours[MONOTONIC]]
+    done = finished(ablation.trials).set_index("configuration")
+    assert ax.get_lines()[1].get_ydata()[-1] == pytest.approx(done.loc[MONOTONIC, "final_val_psnr"].mean())
+
+
+def test_coincident_curves_are_found_so_they_can_be_dashed():
+    curves = pd.DataFrame([[1.0, 2.0, 3.0], [1.0, 2.001, 3.0], [3.0, 2.0, 1.0], [1.0, 2.0, 3.0]],
+                          index=["a", "b", "c", "d"])
+    assert figures.coincident(curves) == {"b": "a", "d": "a"}
+
+
+def test_the_palette_is_fixed_by_configuration_order():
+    colours = figures.palette(["x", "y", "z"])
+    assert list(colours) == ["x", "y", "z"] and len(set(colours.values())) == 3
+    assert figures.palette(["x", "y", "z"]) == colours
+
+
+def test_optuna_figures_of_a_sampled_study(sampled):
+    study, _ = load_study(sampled)
+    importances = figures.param_importances(study, target_name="val_psnr")
+    [ax] = importances.axes
+    assert sorted(label.get_text() for label in ax.get_yticklabels()) == ["kl_anneal_type", "lr"]
+    assert ax.get_title() == "Hyperparameter importances for val_psnr"
+    history = figures.optimization_history(study, target_name="val_psnr")
+    assert len(history.axes[0].collections[0].get_offsets()) == 3  # one point per trial
+    assert matplotlib.rcParams["axes.facecolor"] == "white"  # Optuna's ggplot style stayed inside its figures

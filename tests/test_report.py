@@ -1,0 +1,143 @@
+"""report.py and analysis/report.py: reports of real sweeps logged to temporary MLflow databases."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import create_trial
+from PIL import Image
+
+from analysis.report import why_no_history, why_no_importances
+from test_analysis import CYCLICAL, DIVERGING, MONOTONIC, logged_sweeps
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ["1_psnr_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr"]
+DOCUMENTS = ["summary.csv", "summary.md", "report.md", "index.html"]
+
+
+def load_script():
+    module_spec = importlib.util.spec_from_file_location("report_script", ROOT / "report.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory, small_dataset) -> Path:
+    return logged_sweeps(tmp_path_factory.getbasetemp(), small_dataset)
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script()
+
+
+def test_a_grid_sweep_s_report_has_every_figure_the_table_and_both_documents(swept, script, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert script.main(["--sweep", "ablation", "--tracking-uri", f"sqlite:///{swept / 'mlflow.db'}",
+                        "--out", str(out), "--format", "png,pdf"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == str(out / "report.md")
+    assert printed[-2].startswith(f"ablation: 14 files in {out} (")
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
+                                                           + DOCUMENTS)
+    for figure in FIGURES:
+        with Image.open(out / f"{figure}.png") as image:
+            assert image.width >= 1000 and image.height >= 500  # 9 inches (or wider) at 150 dpi
+
+    table = pd.read_csv(out / "summary.csv")
+    assert table["configuration"].tolist()[-1] == DIVERGING
+    assert sorted(table["configuration"].tolist()[:2]) == sorted([CYCLICAL, MONOTONIC])
+    assert table[["seeds", "failed", "pruned"]].values.tolist() == [[2, 0, 0], [2, 0, 0], [0, 2, 0]]
+
+    report = (out / "report.md").read_text()
+    for figure in FIGURES:
+        assert f"]({figure}.png)" in report and f"[{figure}.pdf]({figure}.pdf)" in report
+    assert report.count("| FAILED | TrainingDiverged: training loss became nan in epoch 1") == 2
+    assert f"| 3 | {DIVERGING} | 0 | 2 | 0 | - |" in report
+    assert "Welch's t-test" in report or "not testable" in report
+    assert "```yaml\nname: ablation\n" in report
+    page = (out / "index.html").read_text()
+    assert [f'<img src="{figure}.png"' in page for figure in FIGURES] == [True] * 5
+    assert page.count("<table>") == 3  # summary, comparison with the best, trials that did not finish
+    assert "None (β = 1), lr 1e+30" in page
+
+
+def test_a_sampled_sweep_s_report_adds_optuna_s_figures(swept, script, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert script.main(["--tracking-uri", f"sqlite:///{swept / 'sampled.db'}", "--out", str(out)]) == 0  # the latest
+    assert {"7_param_importances.png", "7_optimization_history.png"} <= {p.name for p in out.iterdir()}
+    report = (out / "report.md").read_text()
+    assert "(7_param_importances.png)" in report and "(7_optimization_history.png)" in report
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_without_its_study_a_sampled_sweep_s_report_says_what_it_left_out(swept, script, tmp_path, capsys):
+    journal = swept / "runs/sampled/optuna.journal"
+    journal.rename(swept / "away.journal")
+    try:
+        assert script.main(["--tracking-uri", f"sqlite:///{swept / 'sampled.db'}", "--out", str(tmp_path)]) == 0
+    finally:
+        (swept / "away.journal").rename(journal)
+    assert f"note: no Optuna figures: its Optuna journal {journal} is gone" in capsys.readouterr().out
+    assert not list(tmp_path.glob("7_*"))
+    assert f"No Optuna figures: its Optuna journal {journal} is gone." in (tmp_path / "report.md").read_text()
+
+
+def test_importances_need_two_complete_trials_and_a_varying_parameter():
+    study = optuna.create_study(direction="maximize")
+    assert why_no_history(study) == "the study has no COMPLETE trial"
+    kinds = CategoricalDistribution(["Cyclical", "None"])
+    study.add_trial(create_trial(params={"kl_anneal_type": "None"}, distributions={"kl_anneal_type": kinds}, value=1))
+    assert why_no_importances(study) == "importances need 2 or more COMPLETE trials, the study has 1"
+    study.add_trial(create_trial(params={"kl_anneal_type": "None"}, distributions={"kl_anneal_type": kinds}, value=2))
+    assert why_no_importances(study) == "no sampled hyperparameter took more than one value among the COMPLETE trials"
+    lr = FloatDistribution(1e-4, 1e-2, log=True)
+    study.add_trial(create_trial(params={"kl_anneal_type": "None", "lr": 1e-3},
+                                 distributions={"kl_anneal_type": kinds, "lr": lr}, value=3))
+    assert why_no_importances(study) == "" and why_no_history(study) == ""
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--sweep", "ablaton"], "error: --sweep: no sweep 'ablaton' in MLflow at {uri}; "
+                             "the sweeps there are: ablation, broken"),
+    (["--experiment", "42"], "error: --experiment: no experiment '42' in MLflow at {uri}; "
+                             "the experiments there are: "),
+    (["--sweep", "broken"], "error: sweep 'broken' at {uri} has no finished trial yet (1 failed); "
+                            "finish it with python run_sweep.py sweeps/broken.yaml"),
+    (["--format", "png,gif"], "error: --format: gif is not a figure format; "
+                              "give a comma-separated list of png, pdf, svg"),
+])
+def test_errors_are_one_line_and_exit_code_2(swept, script, capsys, arguments, message):
+    uri = f"sqlite:///{swept / 'mlflow.db'}"
+    assert script.main([*arguments, "--tracking-uri", uri]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message.format(uri=uri)) and captured.err.count("\n") == 1
+    assert captured.out == ""
+
+
+def test_a_tracking_uri_that_cannot_be_opened_is_one_line(script, tmp_path, capsys):
+    assert script.main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    assert capsys.readouterr().err == (f"error: --tracking-uri: no MLflow database at {tmp_path / 'none.db'}; run a "
+                                       "sweep first (python run_sweep.py sweeps/quick.yaml) or pass the URI it logged "
+                                       "to\n")
+    assert script.main(["--tracking-uri", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --tracking-uri: cannot open 'http://127.0.0.1:9' (") and err.count("\n") == 1
+
+
+def test_out_must_be_a_folder(swept, script, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert script.main(["--sweep", "ablation", "--tracking-uri", f"sqlite:///{swept / 'mlflow.db'}",
+                        "--out", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == f"error: --out: {tmp_path / 'file'} is a file; give a folder for the report\n"
+
+
+def test_sweep_and_experiment_exclude_each_other(script, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--sweep", "a", "--experiment", "b"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -26,6 +26,8 @@ FORMATS = ("png", "pdf", "svg")
 REPORTS_DIR = Path("reports")
 MAX_CONFIGURATIONS = 10  # a sampled sweep's per-configuration figures show its best ones only
 PSNR_OBJECTIVES = ("final_val_psnr", "best_val_psnr")
+FIGURE_STEMS = ("1_psnr_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr",
+                "7_param_importances", "7_optimization_history")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
     table = tables.summary_table(data.trials, data.frames, data.metric, data.direction)
     comparisons = stats.compare_to_best(data.trials, table, table.attrs["objective"])
     made, notes = make_figures(data, table)
+    _remove_old_figures(folder)
     written: list[Path] = []
     entries = []
     for item in made:
@@ -87,6 +90,14 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
     written += [folder / name for name in ("summary.csv", "summary.md", "report.md", "index.html")]
     return Report(data.name, folder, folder / "report.md", folder / "index.html", tuple(written), tuple(notes),
                   time.perf_counter() - started)
+
+
+def _remove_old_figures(folder: Path) -> None:
+    """An earlier report's figures, in any format: a figure this report leaves out (or a format not asked
+    for) must not stay behind looking current."""
+    for stem in FIGURE_STEMS:
+        for fmt in FORMATS:
+            (folder / f"{stem}.{fmt}").unlink(missing_ok=True)
 
 
 def make_figures(data: Sweep, table: pd.DataFrame) -> tuple[list[_Made], list[str]]:

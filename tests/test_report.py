@@ -78,13 +78,17 @@ def test_a_sampled_sweep_s_report_adds_optuna_s_figures(swept, script, tmp_path,
 
 def test_without_its_study_a_sampled_sweep_s_report_says_what_it_left_out(swept, script, tmp_path, capsys):
     journal = swept / "runs/sampled/optuna.journal"
+    assert script.main(["--tracking-uri", f"sqlite:///{swept / 'sampled.db'}", "--out", str(tmp_path),
+                        "--format", "png,svg"]) == 0
+    assert {p.name for p in tmp_path.glob("7_*")} == {"7_param_importances.png", "7_param_importances.svg",
+                                                       "7_optimization_history.png", "7_optimization_history.svg"}
     journal.rename(swept / "away.journal")
     try:
         assert script.main(["--tracking-uri", f"sqlite:///{swept / 'sampled.db'}", "--out", str(tmp_path)]) == 0
     finally:
         (swept / "away.journal").rename(journal)
     assert f"note: no Optuna figures: its Optuna journal {journal} is gone" in capsys.readouterr().out
-    assert not list(tmp_path.glob("7_*"))
+    assert not list(tmp_path.glob("7_*")) and not list(tmp_path.glob("*.svg"))  # the earlier report's are gone
     assert f"No Optuna figures: its Optuna journal {journal} is gone." in (tmp_path / "report.md").read_text()
 
 

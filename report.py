@@ -1,6 +1,6 @@
-"""Write a sweep's report: `python report.py [--sweep NAME | --experiment NAME] [--out DIR] [--format png,pdf]`.
+"""Write a sweep's report from its MLflow runs: its figures, summary table, report.md and index.html.
 
-Reads the sweep's runs from MLflow and writes its figures, summary table, report.md and index.html.
+`python report.py [--sweep NAME | --experiment NAME] [--out DIR] [--format png,pdf] [--tracking-uri URI]`
 """
 from __future__ import annotations
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
+import re
+import signal
 import time
 from concurrent.futures import FIRST_EXCEPTION, wait
 from dataclasses import dataclass
@@ -20,13 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 from joblib.externals.loky import ProcessPoolExecutor
+from joblib.externals.loky.process_executor import BrokenProcessPool
 from tqdm.auto import tqdm
 
 from cvae.config import TrainConfig
 from cvae.data import load_video_data
 from cvae.synthetic import ensure_dataset
 from experiments.errors import SpecError, SweepError
-from experiments.objective import DATA_FIELDS, describe_error
+from experiments.objective import DATA_FIELDS
 from experiments.spec import DEFAULT_TRACKING_URI, URL, SweepSpec, group_key, group_label, train_config, trial_plan
 from experiments.study import (Progress, fail_running, open_study, progress, start_launch, summary_table,
                                sweep_id)
@@ -34,6 +38,8 @@ from experiments.tracking import ParentRun, close_orphans, finish_parent, open_p
 from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
 
 POLL_S = 2.0
+STOP_GRACE_S = 3.0  # after Ctrl-C, how long workers have to stop on their own before they are told to
+STOP_TIMEOUT_S = 15.0  # ... and then before they are killed
 RUNS_DIR = Path("runs")
 log = logging.getLogger(__name__)
 
@@ -178,10 +184,11 @@ def launch(spec: SweepSpec) -> Outcome:
     except BaseException as err:
         _clean_up(study, parent, "its launch stopped: a worker failed")
         finish_parent(parent, complete=False, interrupted=False, summary_csv=None)
-        if isinstance(err, (SweepError, SpecError)):
-            raise
-        raise SweepError(f"a worker process stopped the sweep ({describe_error(err)}); "
-                         "run the same command again to resume") from err
+        if isinstance(err, BrokenProcessPool):  # a worker was killed (out of memory?) or crashed
+            codes = re.search(r"exit codes of the workers are (\{.*?\})", str(err))
+            raise SweepError(f"a worker process died{f' (exit codes {codes.group(1)})' if codes else ''}; "
+                             "the trials in flight are marked failed; run the same command again to resume") from err
+        raise
     if interrupted:
         _clean_up(study, parent, "interrupted: its launch was stopped")
     after = progress(spec, study)
@@ -210,22 +217,45 @@ def check_data(spec: SweepSpec) -> None:
 
 
 def _run_workers(jobs: list[WorkerJob], watcher: "_Watcher") -> None:
-    """Start a loky process per job and watch the study until all have returned; kill them all on any error."""
+    """Start a loky process per job and watch the study until all have returned.
+
+    On Ctrl-C the workers stop their trials themselves (`_stop_workers`); on any other error they are killed.
+    """
     executor = ProcessPoolExecutor(max_workers=len(jobs))
+    futures = [executor.submit(run_worker, job) for job in jobs]
     try:
-        futures = [executor.submit(run_worker, job) for job in jobs]
-        with tqdm(total=watcher.start.total, initial=watcher.start.done, desc=watcher.spec.name, unit="trial",
-                  dynamic_ncols=True) as bar:
+        with tqdm(total=watcher.start.total, initial=watcher.start.done, desc=watcher.spec.name, smoothing=0,
+                  bar_format="{desc}: {n}/{total} trials |{bar}| {elapsed}<{remaining}{postfix}") as bar:
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
                 watcher.update(bar)
                 for future in done:
                     future.result()  # a worker's own error (not a trial's) ends the launch
+    except KeyboardInterrupt:
+        _stop_workers(executor, futures)
+        raise
     except BaseException:
         executor.shutdown(wait=True, kill_workers=True)
         raise
     executor.shutdown(wait=True)
+
+
+def _stop_workers(executor: ProcessPoolExecutor, futures: list) -> None:
+    """Let every worker fail its trial and close its MLflow run before it goes, then kill what is left.
+
+    A terminal's Ctrl-C reaches the workers too (one process group); a SIGINT or SIGTERM sent to the
+    launcher alone is passed on to them. Killing a worker outright could leave the journal's lock
+    file held, which the next launch would wait on.
+    """
+    stopped = False
+    try:
+        if wait(futures, timeout=STOP_GRACE_S).not_done:
+            for process in multiprocessing.active_children():
+                os.kill(process.pid, signal.SIGINT)  # an idle worker ignores it (run_worker)
+        stopped = not wait(futures, timeout=STOP_TIMEOUT_S).not_done
+    finally:
+        executor.shutdown(wait=True, kill_workers=not stopped)
 
 
 class _Watcher:

@@ -50,34 +50,34 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         overrides, seed = suggest(self.spec, trial)
         cfg = trial_config(self.spec, trial, overrides, seed, self.runs_dir, self.gpu)
-        shutil.rmtree(cfg.save_root, ignore_errors=True)  # an earlier, failed attempt at this cell
-        run = TrialRun.start(self.client, self.parent, f"{group_label(overrides)} | seed {seed}", cfg, tags={
-            "optuna.trial_number": str(trial.number), "sweep.name": self.spec.name,
-            "sweep.group_key": group_key(overrides), "sweep.group_label": group_label(overrides),
-            "sweep.seed": str(seed), "sweep.worker": str(self.worker),
-            "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu),
-            "sweep.trial_dir": cfg.save_root,
-        })
-        trial.set_user_attr("mlflow_run_id", run.run_id)
         trial.set_user_attr("trial_dir", cfg.save_root)
+        run = None
         try:
+            shutil.rmtree(cfg.save_root, ignore_errors=True)  # an earlier, failed attempt at this cell
+            run = TrialRun.start(self.client, self.parent, f"{group_label(overrides)} | seed {seed}", cfg, tags={
+                "optuna.trial_number": str(trial.number), "sweep.name": self.spec.name,
+                "sweep.group_key": group_key(overrides), "sweep.group_label": group_label(overrides),
+                "sweep.seed": str(seed), "sweep.worker": str(self.worker),
+                "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu), "sweep.trial_dir": cfg.save_root,
+            })
+            trial.set_user_attr("mlflow_run_id", run.run_id)
             value = self._train(trial, cfg, run)
+            run.end("COMPLETE")
+            return value
         except optuna.TrialPruned:
             run.end("PRUNED")
             raise
         except BaseException as err:
             self._record_failure(trial, cfg, run, err)
             raise
-        run.end("COMPLETE")
-        return value
 
     def _train(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun) -> float:
         data = self._load(cfg)
         pruning = PruningCallback(trial, self.spec.metric)
         history = fit(cfg, data, callbacks=[run, pruning], progress=False)
         if pruning.pruned:
-            raise optuna.TrialPruned(f"pruned after epoch {len(history.epochs)} "
-                                     f"({self.spec.metric} {history.epochs[-1].val_psnr:.3f})")
+            last = getattr(history.epochs[-1], epoch_field(self.spec.metric))
+            raise optuna.TrialPruned(f"pruned after epoch {len(history.epochs)} ({self.spec.metric} {last:.4g})")
         value = objective_value(self.spec.metric, history)
         if not math.isfinite(value):
             raise ValueError(f"{self.spec.metric} is {value}")
@@ -94,17 +94,20 @@ class Objective:
             self._data = {key: load_video_data(cfg)}  # one data set held at a time: sweeps rarely vary it
         return self._data[key]
 
-    def _record_failure(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun, err: BaseException) -> None:
+    def _record_failure(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun | None,
+                        err: BaseException) -> None:
         """Say why the trial failed in its user attrs and run; never let that hide the error itself."""
         message = describe_error(err)
         try:
             trial.set_user_attr("error", message)
+            if run is None:
+                return
             if not isinstance(err, (CVAEError, KeyboardInterrupt, torch.OutOfMemoryError)):
                 path = Path(cfg.save_root) / "traceback.txt"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(traceback.format_exception(err)))
                 run.client.log_artifact(run.run_id, str(path))
-            run.end("FAILED", message)
+            run.end("FAILED", message, interrupted=isinstance(err, KeyboardInterrupt))
         except Exception as also:  # noqa: BLE001 - the storage or MLflow may be what failed
             log.warning("trial %d: could not record its failure (%s)", trial.number, describe_error(also))
 

@@ -29,7 +29,7 @@ from experiments.errors import SweepError, one_line
 
 SWEEP_ID = "sweep.id"
 IS_PARENT = "sweep.parent"
-STATUS = "sweep.status"  # COMPLETE, FAILED, PRUNED or RUNNING: the Optuna state, beside MLflow's own status
+STATUS = "sweep.status"  # a child run's Optuna state (RUNNING, COMPLETE, FAILED, PRUNED), beside MLflow's status
 ERROR = "sweep.error"
 RUN_STATUS = {"COMPLETE": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED"}
 # metric name -> EpochReport field, logged with step=epoch (0-based, as in the report)
@@ -74,12 +74,12 @@ def open_parent_run(tracking_uri: str, name: str, sweep_id: str, tags: Mapping[s
         experiment_id = _experiment(client, name, artifact_root(tracking_uri))
         found = client.search_runs([experiment_id], max_results=1,
                                    filter_string=f"tags.`{SWEEP_ID}` = '{sweep_id}' and tags.`{IS_PARENT}` = 'true'")
-        all_tags = {SWEEP_ID: sweep_id, IS_PARENT: "true", STATUS: "RUNNING", **tags}
+        all_tags = {SWEEP_ID: sweep_id, IS_PARENT: "true", **tags}
         if spec_text:
             all_tags[MLFLOW_RUN_NOTE] = f"Sweep spec:\n\n```yaml\n{spec_text.strip()}\n```"
         if found:
             run_id = found[0].info.run_id
-            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            _retry(client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             _retry(client.log_batch, run_id, tags=_tags(all_tags))
             log.info("MLflow: continuing parent run %s of experiment %s", run_id, name)
         else:
@@ -115,7 +115,7 @@ def close_orphans(parent: ParentRun, why: str) -> int:
         f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.run_id}' and attributes.status = 'RUNNING'"))
     for run in orphans:
         _retry(client.log_batch, run.info.run_id, tags=_tags({STATUS: "FAILED", ERROR: why}))
-        client.set_terminated(run.info.run_id, status="KILLED")
+        _retry(client.set_terminated, run.info.run_id, status="KILLED")
     return len(orphans)
 
 
@@ -125,8 +125,7 @@ def finish_parent(parent: ParentRun, complete: bool, interrupted: bool, summary_
     if summary_csv is not None:
         client.log_text(parent.run_id, summary_csv, "summary.csv")
     status = "FINISHED" if complete else "KILLED" if interrupted else "FAILED"
-    _retry(client.log_batch, parent.run_id, tags=_tags({STATUS: "COMPLETE" if complete else "INCOMPLETE"}))
-    client.set_terminated(parent.run_id, status=status)
+    _retry(client.set_terminated, parent.run_id, status=status)
 
 
 class TrialRun:
@@ -168,13 +167,16 @@ class TrialRun:
                 raise ValueError(f"artifact {artifact_path} must keep its file's name {local.name}")
             self.client.log_artifact(self.run_id, str(local), artifact_path=None if folder == "." else folder)
 
-    def end(self, status: str, error: str | None = None) -> None:
-        """Close the run: `status` is the trial's Optuna state name (COMPLETE, FAILED or PRUNED)."""
+    def end(self, status: str, error: str | None = None, interrupted: bool = False) -> None:
+        """Close the run: `status` is the trial's Optuna state name (COMPLETE, FAILED or PRUNED).
+
+        An interrupted run ends KILLED, as a pruned one does; one that raised ends FAILED.
+        """
         tags = {STATUS: status}
         if error is not None:
             tags[ERROR] = error[:MAX_TAG_CHARS]
         _retry(self.client.log_batch, self.run_id, tags=_tags(tags))
-        self.client.set_terminated(self.run_id, status=RUN_STATUS[status])
+        _retry(self.client.set_terminated, self.run_id, status="KILLED" if interrupted else RUN_STATUS[status])
 
 
 def _tags(values: Mapping[str, str]) -> list[RunTag]:

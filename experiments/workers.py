@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -47,7 +48,19 @@ class WorkerJob:
 
 
 def run_worker(job: WorkerJob) -> int:
-    """Run trials of the shared study on the job's device until the launch's work is done; returns how many."""
+    """Run trials of the shared study on the job's device until the launch's work is done; returns how many.
+
+    Ctrl-C fails the running trial and ends the job; between jobs the process ignores it, so a
+    Ctrl-C never kills an idle loky worker with a traceback.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _run_trials(job)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_trials(job: WorkerJob) -> int:
     _exit_with_launcher(job.launcher_pid)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the launcher reports every trial's end
     study = open_study(job.spec, worker=job.slot)

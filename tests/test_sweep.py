@@ -176,7 +176,7 @@ def live_processes(group: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_launcher_killed_with_sigkill_is_resumed_by_the_same_command(small_dataset, tmp_path, monkeypatch):
-    spec_path = write_spec(tmp_path, small_dataset, "killed", num_epoch=3)
+    spec_path = write_spec(tmp_path, small_dataset, "killed", num_epoch=8)
     launcher = subprocess.Popen([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name], cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     journal = tmp_path / "runs/killed/optuna.journal"
@@ -198,7 +198,7 @@ def test_a_launcher_killed_with_sigkill_is_resumed_by_the_same_command(small_dat
         os.kill(pid, signal.SIGKILL)
     assert not orphans, "workers outlived their launcher"
     killed = open_study(configure(load_spec(spec_path), storage=str(journal)))
-    assert 1 <= len(complete_cells(killed)) < 4
+    assert 1 <= len(complete_cells(killed)) < 4, [t.state.name for t in killed.trials]
 
     outcome = run_launch(tmp_path, spec_path, monkeypatch)
     assert (outcome.progress.done, outcome.exit_code) == (4, 0)

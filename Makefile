@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test train-demo clean
+.PHONY: install demo test train-demo sweep-demo report clean
 
 install: $(INSTALLED)
 
@@ -21,7 +21,16 @@ test: $(INSTALLED)
 train-demo: $(INSTALLED)
 	$(BIN)/python -m cvae.train --config configs/demo.yaml
 
-demo: train-demo
+# the quick sweep (6 trials on 2 CPU workers), logged to mlflow.db
+sweep-demo: $(INSTALLED)
+	$(BIN)/python run_sweep.py sweeps/quick.yaml
+
+# the report of the latest sweep (or SWEEP=name) in reports/<name>/; prints the path of report.md
+report: $(INSTALLED)
+	$(BIN)/python report.py $(if $(SWEEP),--sweep $(SWEEP))
+
+demo: train-demo sweep-demo
+	$(BIN)/python report.py --sweep quick
 
 clean:
 	rm -rf runs reports mlflow.db mlartifacts

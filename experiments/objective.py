@@ -155,7 +155,7 @@ def objective_value(metric: str, history: History) -> float:
 def describe_error(err: BaseException) -> str:
     """One line: the exception's type and message, shortened."""
     if isinstance(err, KeyboardInterrupt):
-        return "interrupted (Ctrl-C)"
+        return "interrupted (Ctrl-C, or the launcher stopped)"
     return f"{type(err).__name__}: {one_line(err)}"[:MAX_ERROR_CHARS]
 
 

@@ -29,8 +29,10 @@ from experiments.study import Launch, open_study, work_left
 from experiments.tracking import ParentRun
 
 WATCH_S = 1.0  # how often a worker checks that its launcher is still alive
+ORPHAN_GRACE_S = 10.0  # how long a worker whose launcher died has to close its trial
 log = logging.getLogger(__name__)
 _watching: set[int] = set()
+_job_ended = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,13 @@ def run_worker(job: WorkerJob) -> int:
     Ctrl-C fails the running trial and ends the job; between jobs the process ignores it, so a
     Ctrl-C never kills an idle loky worker with a traceback.
     """
+    _job_ended.clear()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_trials(job)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _job_ended.set()
 
 
 def _run_trials(job: WorkerJob) -> int:
@@ -100,9 +104,10 @@ def bind_device(gpu: int | None, threads: int) -> None:
 
 
 def _exit_with_launcher(launcher_pid: int) -> None:
-    """End this process when the launcher dies (kill -9): an orphan would go on taking trials from the study.
+    """Stop this process when the launcher dies (kill -9): an orphan would go on taking trials from the study.
 
-    Its trial stays RUNNING, and the next launch fails it and runs its cell again.
+    The running trial is interrupted as by Ctrl-C, so it is failed and its MLflow run closed, and the
+    next launch runs its cell again; the process exits once the job has ended, or after ORPHAN_GRACE_S.
     """
     if launcher_pid in _watching:
         return
@@ -111,6 +116,8 @@ def _exit_with_launcher(launcher_pid: int) -> None:
     def watch() -> None:
         while os.getppid() == launcher_pid:
             time.sleep(WATCH_S)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored between jobs (run_worker)
+        _job_ended.wait(ORPHAN_GRACE_S)
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-launcher", daemon=True).start()

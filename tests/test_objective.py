@@ -81,7 +81,7 @@ def test_objective_values_and_folders(tmp_path):
     history = History(epochs=[report(0, 20.0, 3.0), report(1, 22.0, 2.0), report(2, 21.0, 1.5)])
     assert [objective_value(m, history) for m in ("val_psnr", "best_val_psnr", "train_loss")] == [21.0, 22.0, 1.5]
     assert epoch_field("best_val_psnr") == "val_psnr" and epoch_field("train_loss") == "train_loss"
-    assert describe_error(KeyboardInterrupt()) == "interrupted (Ctrl-C)"
+    assert describe_error(KeyboardInterrupt()) == "interrupted (Ctrl-C, or the launcher stopped)"
     assert describe_error(ValueError("x" * 900)) == ("ValueError: " + "x" * 900)[:500]
     path = tmp_path / "g.yaml"
     path.write_text("name: g\nparameters: {tfr: [0.0, 1.0]}\n")

@@ -199,6 +199,9 @@ def test_a_launcher_killed_with_sigkill_is_resumed_by_the_same_command(small_dat
     assert not orphans, "workers outlived their launcher"
     killed = open_study(configure(load_spec(spec_path), storage=str(journal)))
     assert 1 <= len(complete_cells(killed)) < 4, [t.state.name for t in killed.trials]
+    interrupted = [t for t in killed.trials if t.state == TrialState.FAIL]  # the workers failed their own trials
+    assert not [t for t in killed.trials if t.state == TrialState.RUNNING]
+    assert {t.user_attrs["error"] for t in interrupted} <= {"interrupted (Ctrl-C, or the launcher stopped)"}
 
     outcome = run_launch(tmp_path, spec_path, monkeypatch)
     assert (outcome.progress.done, outcome.exit_code) == (4, 0)

@@ -4,9 +4,11 @@ Everything shared is made before the first worker starts (data decoded once, the
 MLflow experiment and parent run), so workers only ever read it. The launcher then watches the study
 every POLL_S seconds for its progress bar and for failed trials to report. It never initialises CUDA.
 
-Interrupted (Ctrl-C, SIGTERM, a worker process that died), it kills its workers, fails their trials
-and closes their MLflow runs; the next launch of the same spec runs them again. Killed outright
-(kill -9), its workers follow within a second and the next launch does the same clean-up.
+Interrupted (Ctrl-C, SIGTERM), it has its workers fail their running trials and close their MLflow
+runs, kills any that do not stop, and says how to resume; the next launch of the same spec runs those
+trials again. Killed outright (kill -9), its workers notice within a second and do the same before
+they exit. A worker process that dies (out of memory) stops the launch with one line; the next
+launch fails and reruns what it left RUNNING.
 """
 from __future__ import annotations
 

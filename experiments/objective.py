@@ -4,6 +4,11 @@ A trial that raises is recorded, not hidden: its error (type and message on one 
 trial's `error` user attr and its run's `sweep.error` tag, the traceback of an unexpected exception
 is kept as the run's `traceback.txt`, and the exception goes on to Optuna, which fails the trial.
 A trial the pruner stops is raised as TrialPruned after `fit` returns, its run KILLED and tagged PRUNED.
+
+A grid trial resumes: its folder is named by its cell and seed, so a later attempt at the cell finds
+the checkpoints of an interrupted one (sweeps checkpoint every epoch), continues from the newest that
+loads (a corrupt one is reported by name and skipped) and reopens its MLflow run, which then gets each
+epoch once. With no usable checkpoint, or one of another configuration, the trial starts over in a new run.
 """
 from __future__ import annotations
 
@@ -52,16 +57,23 @@ class Objective:
         cfg = trial_config(self.spec, trial, overrides, seed, self.runs_dir, self.gpu)
         trial.set_user_attr("trial_dir", cfg.save_root)
         run = None
-        try:
-            shutil.rmtree(cfg.save_root, ignore_errors=True)  # an earlier, failed attempt at this cell
-            run = TrialRun.start(self.client, self.parent, f"{group_label(overrides)} | seed {seed}", cfg, tags={
-                "optuna.trial_number": str(trial.number), "sweep.name": self.spec.name,
+        tags = {"optuna.trial_number": str(trial.number), "sweep.name": self.spec.name,
                 "sweep.group_key": group_key(overrides), "sweep.group_label": group_label(overrides),
                 "sweep.seed": str(seed), "sweep.worker": str(self.worker),
-                "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu), "sweep.trial_dir": cfg.save_root,
-            })
+                "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu), "sweep.trial_dir": cfg.save_root}
+        try:
+            resume = self._resume_point(cfg) if self.spec.is_grid else None
+            if resume is None:
+                shutil.rmtree(cfg.save_root, ignore_errors=True)  # an earlier attempt that left nothing to resume
+                run = TrialRun.start(self.client, self.parent, f"{group_label(overrides)} | seed {seed}", cfg, tags)
+            else:
+                path, state, run_id = resume
+                tags["sweep.resumed_from"] = f"{path.name} (epoch {state['epoch']})"
+                reports = [EpochReport.from_state(report) for report in state["history"]]
+                run = TrialRun.resume(self.client, run_id, tags, reports)
+                trial.set_user_attr("resumed_from", str(path))
             trial.set_user_attr("mlflow_run_id", run.run_id)
-            value = self._train(trial, cfg, run)
+            value = self._train(trial, cfg, run, None if resume is None else resume[0])
             run.end("COMPLETE")
             return value
         except optuna.TrialPruned:
@@ -71,10 +83,28 @@ class Objective:
             self._record_failure(trial, cfg, run, err)
             raise
 
-    def _train(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun) -> float:
+    def _resume_point(self, cfg: TrainConfig) -> tuple[Path, dict, str] | None:
+        """(checkpoint, its state, the MLflow run it belongs to) of an interrupted attempt at this trial's cell."""
+        path = checkpoint.latest_good(Path(cfg.save_root) / "checkpoints")
+        if path is None:
+            return None
+        state = checkpoint.load(path)
+        if checkpoint.config_of(state, path).replace(device=cfg.device) != cfg:
+            log.warning("%s was trained with another configuration; the trial starts over", path)
+            return None
+        earlier = self.client.search_runs(
+            [self.parent.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}' and "
+                          f"tags.`sweep.trial_dir` = '{cfg.save_root}' and attributes.status != 'FINISHED'")
+        if not earlier:
+            return None
+        log.warning("%s: resuming from %s (epoch %d of %d)", cfg.save_root, path.name, state["epoch"], cfg.num_epoch)
+        return path, state, earlier[0].info.run_id
+
+    def _train(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun, resume_from: Path | None = None) -> float:
         data = self._load(cfg)
         pruning = PruningCallback(trial, self.spec.metric)
-        history = fit(cfg, data, callbacks=[run, pruning], progress=False)
+        history = fit(cfg, data, callbacks=[run, pruning], resume_from=resume_from, progress=False)
         if pruning.pruned:
             last = getattr(history.epochs[-1], epoch_field(self.spec.metric))
             raise optuna.TrialPruned(f"pruned after epoch {len(history.epochs)} ({self.spec.metric} {last:.4g})")
@@ -128,8 +158,9 @@ def trial_config(spec: SweepSpec, trial: optuna.Trial, overrides: dict[str, Any]
                  runs_dir: Path, gpu: int | None) -> TrainConfig:
     """The trial's TrainConfig, saving into its own folder, on the worker's device."""
     cfg = train_config(spec, overrides, seed)
+    # per_save=1: an interrupted trial loses at most the epoch it was in (see the module docstring)
     return cfg.replace(save_root=str(runs_dir / "trials" / trial_folder(spec, trial, overrides, seed)),
-                       device="cpu" if gpu is None else "cuda")
+                       device="cpu" if gpu is None else "cuda", per_save=1)
 
 
 def trial_folder(spec: SweepSpec, trial: optuna.Trial, overrides: dict[str, Any], seed: int) -> str:

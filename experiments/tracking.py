@@ -131,8 +131,9 @@ def finish_parent(parent: ParentRun, complete: bool, interrupted: bool, summary_
 class TrialRun:
     """One trial's child run; `fit` calls it after every epoch to log that epoch's metrics."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, logged: Mapping[str, set[int]] | None = None):
         self.client, self.run_id = client, run_id
+        self.logged = {name: set(steps) for name, steps in (logged or {}).items()}  # metric -> steps it has
 
     @classmethod
     def start(cls, client: MlflowClient, parent: ParentRun, name: str, cfg: TrainConfig,
@@ -145,11 +146,36 @@ class TrialRun:
         _retry(client.log_batch, trial_run.run_id, params=params)
         return trial_run
 
+    @classmethod
+    def resume(cls, client: MlflowClient, run_id: str, tags: Mapping[str, str],
+               reports: list[EpochReport]) -> "TrialRun":
+        """Reopen an interrupted trial's run: RUNNING again, with `tags`, without its old error.
+
+        The epochs of `reports` (the checkpoint's history) that the run lacks are logged, so its curves
+        have no gap whatever the interruption cut short.
+        """
+        logged = {name: {m.step for m in _retry(client.get_metric_history, run_id, name)}
+                  for name in (*EPOCH_METRICS, FRAME_METRIC)}
+        _retry(client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        _retry(client.log_batch, run_id, tags=_tags({STATUS: "RUNNING", **tags}))
+        if ERROR in client.get_run(run_id).data.tags:
+            _retry(client.delete_tag, run_id, ERROR)
+        trial_run = cls(client, run_id, logged)
+        for report in reports:
+            trial_run(report)
+        return trial_run
+
     def __call__(self, report: EpochReport) -> None:
+        """Log the epoch's metrics, each unless this run has it already (logged before an interruption).
+
+        The epochs a resumed trial trains again after its checkpoint come out the same on the CPU (and
+        nearly so on a GPU); the first value logged is kept, so every step has one value.
+        """
         now = _now_ms()
         metrics = [Metric(name, float(getattr(report, field)), now, report.epoch)
-                   for name, field in EPOCH_METRICS.items()]
-        _retry(self.client.log_batch, self.run_id, metrics=metrics)
+                   for name, field in EPOCH_METRICS.items() if report.epoch not in self.logged.get(name, ())]
+        if metrics:
+            _retry(self.client.log_batch, self.run_id, metrics=metrics)
 
     def log_final(self, psnr_per_frame: np.ndarray, artifacts: Mapping[str, Path]) -> None:
         """The final validation's PSNR per frame as `val/psnr_frame` (step = frame), and files as artifacts.
@@ -158,7 +184,8 @@ class TrialRun:
         """
         now = _now_ms()
         metrics = [Metric(FRAME_METRIC, float(value), now, frame)
-                   for frame, value in enumerate(psnr_per_frame, start=1)]
+                   for frame, value in enumerate(psnr_per_frame, start=1)
+                   if frame not in self.logged.get(FRAME_METRIC, ())]
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             _retry(self.client.log_batch, self.run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
         for artifact_path, local in artifacts.items():

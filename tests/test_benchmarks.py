@@ -23,3 +23,12 @@ def test_train_throughput_quick_prints_well_formed_json():
     for r in results:
         assert r["train_frames_per_s"] > 0 and r["rollout_seconds"] > 0 and r["model_tflops"] > 0
         assert r["rollout_frames"] == 40 and r["peak_host_mb"] > 0 and r["device_peak_tflops"] is None
+
+
+@pytest.mark.slow
+def test_sweep_throughput_quick_prints_well_formed_json():
+    rows = json.loads(run_benchmark("sweep_throughput.py", "--quick", "--json"))
+    assert [row["concurrency"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["trials"] == 2 and row["wall_seconds"] > 0 and row["gpu_util_percent"] is None
+        assert row["trials_per_hour"] == pytest.approx(2 / row["wall_seconds"] * 3600)

@@ -36,7 +36,7 @@ from experiments.objective import DATA_FIELDS
 from experiments.spec import DEFAULT_TRACKING_URI, URL, SweepSpec, group_key, group_label, train_config, trial_plan
 from experiments.study import (Progress, fail_running, open_study, progress, start_launch, summary_table,
                                sweep_id)
-from experiments.tracking import ParentRun, close_orphans, finish_parent, open_parent_run
+from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
 from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
 
 POLL_S = 2.0
@@ -157,6 +157,7 @@ class Outcome:
 def launch(spec: SweepSpec) -> Outcome:
     """Run the sweep (or what is left of it) with one worker process per slot; see the module docstring."""
     started = time.perf_counter()
+    check_reachable(spec.tracking_uri)
     check_data(spec)
     study = open_study(spec)
     share = start_launch(spec, study)

@@ -12,7 +12,9 @@ so `mlflow ui` started next to `mlflow.db` finds runs and artifacts alike.
 from __future__ import annotations
 
 import logging
+import socket
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, TypeVar
@@ -42,6 +44,7 @@ MAX_TAG_CHARS = 5000
 MAX_RUN_NAME_CHARS = 250
 LOCK_RETRIES = 4
 ARTIFACT_FOLDER = "mlartifacts"
+CONNECT_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -60,6 +63,22 @@ def artifact_root(tracking_uri: str) -> str | None:
     if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
         return None
     return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / ARTIFACT_FOLDER).as_uri()
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """SweepError at once when nothing answers at an http(s) tracking URI's host and port.
+
+    MLflow's own client retries a refused connection for minutes, printing a warning each time.
+    """
+    url = urllib.parse.urlsplit(tracking_uri)
+    if url.scheme not in ("http", "https"):
+        return
+    try:
+        address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+        socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as err:
+        raise SweepError(f"mlflow.tracking_uri: nothing answers at {tracking_uri} ({one_line(err)}); "
+                         "is `mlflow server` running there, on that port?") from None
 
 
 def open_parent_run(tracking_uri: str, name: str, sweep_id: str, tags: Mapping[str, str],

@@ -9,6 +9,10 @@ runs, kills any that do not stop, and says how to resume; the next launch of the
 trials again. Killed outright (kill -9), its workers notice within a second and do the same before
 they exit. A worker process that dies (out of memory) stops the launch with one line; the next
 launch fails and reruns what it left RUNNING.
+
+Several launchers may share a study on a database server (`--storage postgresql://...`): each stops
+only its own trials (their `launch` user attr), and the trials of one that was killed with its workers
+are failed and queued again once their heartbeat is stale (`experiments.study`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 from joblib.externals.loky import ProcessPoolExecutor
 from joblib.externals.loky.process_executor import BrokenProcessPool
+from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from cvae.config import TrainConfig
@@ -34,8 +39,8 @@ from cvae.synthetic import ensure_dataset
 from experiments.errors import SpecError, SweepError
 from experiments.objective import DATA_FIELDS
 from experiments.spec import DEFAULT_TRACKING_URI, URL, SweepSpec, group_key, group_label, train_config, trial_plan
-from experiments.study import (Progress, fail_running, open_study, progress, start_launch, summary_table,
-                               sweep_id)
+from experiments.study import (Progress, fail_running, launch_id, open_study, progress, start_launch,
+                               summary_table, sweep_id)
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
 from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
 
@@ -168,7 +173,8 @@ def launch(spec: SweepSpec) -> Outcome:
         return Outcome(spec, before, summary_table(spec, study), (), False, None, time.perf_counter() - started)
     parent = open_parent_run(spec.tracking_uri, spec.name, sweep_id(study), tags=_parent_tags(spec),
                              spec_text=_spec_text(spec))
-    if close_orphans(parent, "its worker stopped before the trial ended"):
+    if close_orphans(parent, "its worker stopped before the trial ended", running=lambda: [
+            trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]):
         log.info("MLflow: closed the runs an earlier launch left RUNNING")
     slots = worker_gpus(spec.execution, resolve_gpus(spec.execution))[:share.budget]
     runs_dir = (RUNS_DIR / spec.name).resolve()
@@ -287,9 +293,12 @@ class _Watcher:
 
 
 def _clean_up(study, parent: ParentRun, why: str) -> None:
-    """Fail the trials the killed workers left RUNNING, and close their MLflow runs."""
-    failed = fail_running(study)
-    close_orphans(parent, why)
+    """Fail the trials this launch's killed workers left RUNNING, and close their MLflow runs.
+
+    Another launcher's trials in the same study are left to it.
+    """
+    failed = fail_running(study, launch_id(os.getpid()))
+    close_orphans(parent, why, launch=launch_id(os.getpid()))
     if failed:
         log.info("failed %d trials that were running: %s", len(failed), ", ".join(str(t.number) for t in failed))
 

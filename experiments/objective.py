@@ -9,6 +9,7 @@ A grid trial resumes: its folder is named by its cell and seed, so a later attem
 the checkpoints of an interrupted one (sweeps checkpoint every epoch), continues from the newest that
 loads (a corrupt one is reported by name and skipped) and reopens its MLflow run, which then gets each
 epoch once. With no usable checkpoint, or one of another configuration, the trial starts over in a new run.
+A grid trial whose cell another trial holds (see `experiments.study.holder`) fails at once as a duplicate.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from cvae.train import (VAL_NOISE_SEED_OFFSET, EpochReport, History, autocast, f
 from cvae.video import save_gif, side_by_side, to_uint8
 from experiments.errors import one_line
 from experiments.spec import SweepSpec, group_key, group_label, train_config
-from experiments.study import suggest
+from experiments.study import holder, suggest
 from experiments.tracking import ParentRun, TrialRun
 
 # The TrainConfig fields load_video_data reads: trials that agree on them share one VideoData.
@@ -44,11 +45,21 @@ GIF_ZOOM = 2
 log = logging.getLogger(__name__)
 
 
-class Objective:
-    """Called by `study.optimize` in a worker process, once per trial, on the worker's device."""
+class DuplicateCell(Exception):
+    """Another trial holds this grid trial's cell x seed; the copy fails without training."""
 
-    def __init__(self, spec: SweepSpec, runs_dir: Path, parent: ParentRun, worker: int, gpu: int | None):
+
+class Objective:
+    """Called by `study.optimize` in a worker process, once per trial, on the worker's device.
+
+    `launch` (`host:pid` of the launcher) is set as each trial's `launch` user attr and its run's
+    `sweep.launch` tag, so a launcher that stops fails only its own trials.
+    """
+
+    def __init__(self, spec: SweepSpec, runs_dir: Path, parent: ParentRun, worker: int, gpu: int | None,
+                 launch: str = ""):
         self.spec, self.runs_dir, self.parent, self.worker, self.gpu = spec, runs_dir, parent, worker, gpu
+        self.launch = launch
         self.client = MlflowClient(parent.tracking_uri)
         self._data: dict[tuple, VideoData] = {}
 
@@ -60,8 +71,12 @@ class Objective:
         tags = {"optuna.trial_number": str(trial.number), "sweep.name": self.spec.name,
                 "sweep.group_key": group_key(overrides), "sweep.group_label": group_label(overrides),
                 "sweep.seed": str(seed), "sweep.worker": str(self.worker),
-                "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu), "sweep.trial_dir": cfg.save_root}
+                "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu), "sweep.trial_dir": cfg.save_root,
+                "sweep.launch": self.launch}
         try:
+            trial.set_user_attr("launch", self.launch)
+            if self.spec.is_grid and (other := holder(trial.study, trial)) is not None:
+                raise DuplicateCell(f"cell already {other.state.name} in trial {other.number}")
             resume = self._resume_point(cfg) if self.spec.is_grid else None
             if resume is None:
                 shutil.rmtree(cfg.save_root, ignore_errors=True)  # an earlier attempt that left nothing to resume

@@ -5,10 +5,15 @@ failed or crashed cell as done, so a grid uses no sampler at all: `prepare_study
 (configuration, seed) that has no COMPLETE trial and is not already queued, with the seed and the
 configuration's `group_key` as user attrs, and `suggest` reads them back (suggest_categorical returns
 the enqueued value). Workers pop queued trials atomically (journal file lock or RDB row update), so
-several processes share one queue and each cell x seed runs once. `prepare_study` runs in the
-launcher before its workers start; any RUNNING trial then belongs to a dead launch, so it is failed
-and its cell queued again. COMPLETE is never repeated. Precondition: one launcher per study at a time.
-On RDB storages a heartbeat also fails trials of workers that die mid-sweep and queues them again.
+several processes share one queue and each cell x seed runs once. COMPLETE is never repeated.
+
+`prepare_study` runs in each launcher before its workers start. On a journal file or SQLite (one
+launcher per study at a time) any RUNNING trial then belongs to a dead launch, so it is failed and its
+cell queued again. On a server database (PostgreSQL, MySQL) several launchers share the study: a
+RUNNING trial may be another host's, so only trials whose heartbeat stopped for the grace period are
+failed, and the heartbeat's retry callback queues them again. Two launchers preparing at once may
+queue a cell twice; the objective runs the copy only if no other trial of the cell is COMPLETE or,
+with a smaller number, RUNNING (`holder`).
 A grid trial's params are its cell, so Optuna's own plots work; each axis is one categorical over all
 its values, and Optuna fixes a categorical's choices per study: a resumed study takes more seeds, but
 a changed axis or base needs a new name (prepare_study says so).
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -39,6 +46,8 @@ from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group
 
 HEARTBEAT_S = 60
 GRACE_S = 120
+# Read by make_storage: a test kills a launcher and cannot wait minutes for its trials to go stale.
+HEARTBEAT_ENV, GRACE_ENV = "SWEEP_HEARTBEAT_S", "SWEEP_GRACE_S"
 MAX_RETRY = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
@@ -62,7 +71,11 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 
 def make_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:
-    """A journal file (parent folders created), or an RDB whose heartbeat fails and re-queues dead trials."""
+    """A journal file (parent folders created), or an RDB whose heartbeat fails and re-queues dead trials.
+
+    The heartbeat interval and grace period are HEARTBEAT_S and GRACE_S seconds unless the environment
+    sets SWEEP_HEARTBEAT_S and SWEEP_GRACE_S.
+    """
     if URL.match(spec.storage):
         if spec.storage.startswith("sqlite:///") and ":memory:" not in spec.storage:
             Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -70,8 +83,9 @@ def make_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:
             with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and said by every worker
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-                return optuna.storages.RDBStorage(spec.storage, heartbeat_interval=HEARTBEAT_S,
-                                                  grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
+                return optuna.storages.RDBStorage(
+                    spec.storage, heartbeat_interval=int(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S)),
+                    grace_period=int(os.environ.get(GRACE_ENV, GRACE_S)), heartbeat_stale_trial_callback=retry)
         except Exception as err:  # noqa: BLE001 - SQLAlchemy and missing DB drivers share no base class
             raise SpecError(f"{spec.source}: storage: cannot open {spec.storage!r} ({one_line(err)})") from None
     path = Path(spec.storage)
@@ -158,19 +172,23 @@ def remaining_trials(spec: SweepSpec, study: optuna.Study) -> int:
 def prepare_study(spec: SweepSpec, study: optuna.Study) -> int:
     """Ready a study for a (re)launch before any worker starts; returns the number of trials to run.
 
-    Fails the RUNNING trials of a dead launch, and for a grid queues each missing cell x seed that
-    is not queued yet. Refuses a study run with another base, or with categorical choices Optuna
-    cannot change (adding seeds is fine: they are not params).
+    Fails the RUNNING trials of dead launches (all of them, or on a shared database those whose
+    heartbeat is stale), and for a grid queues each missing cell x seed that is not queued or running
+    yet. Refuses a study run with another base, or with categorical choices Optuna cannot change
+    (adding seeds is fine: they are not params).
     """
     _check_base(spec, study)
     _check_distributions(spec, study)
-    orphans = fail_running(study)
-    if orphans:
-        log.info("study %s: failed %d trials left RUNNING by an earlier launch", spec.name, len(orphans))
+    if is_shared(spec):
+        optuna.storages.fail_stale_trials(study)
+    else:
+        orphans = fail_running(study)
+        if orphans:
+            log.info("study %s: failed %d trials left RUNNING by an earlier launch", spec.name, len(orphans))
     if not spec.is_grid:
         return remaining_trials(spec, study)
     queued: dict[tuple[str, Any], int] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
         queued[_cell_of(trial)] = queued.get(_cell_of(trial), 0) + 1
     added = 0
     for cell, seed in missing_cells(spec, study):
@@ -185,9 +203,20 @@ def prepare_study(spec: SweepSpec, study: optuna.Study) -> int:
     return waiting
 
 
-def fail_running(study: optuna.Study) -> list[FrozenTrial]:
-    """Fail every RUNNING trial (their workers are gone); returns them as they were."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def is_shared(spec: SweepSpec) -> bool:
+    """Whether several launchers may share the study: its storage is a database server, not a file."""
+    return bool(URL.match(spec.storage)) and not spec.storage.startswith("sqlite:")
+
+
+def launch_id(launcher_pid: int) -> str:
+    """`host:pid` of a launcher: the `launch` user attr of its trials, so it stops only its own."""
+    return f"{socket.gethostname()}:{launcher_pid}"
+
+
+def fail_running(study: optuna.Study, launch: str | None = None) -> list[FrozenTrial]:
+    """Fail every RUNNING trial (their workers are gone), or those of one `launch`; returns them as they were."""
+    running = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if launch is None or trial.user_attrs.get("launch") == launch]
     for trial in running:
         study.tell(trial.number, state=TrialState.FAIL)
     return running
@@ -219,15 +248,33 @@ def work_left(spec: SweepSpec, study: optuna.Study, launch: Launch) -> bool:
     return started < launch.budget
 
 
+def holder(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """Another trial of this grid trial's cell x seed that is COMPLETE, or RUNNING with a smaller number.
+
+    The smaller number wins, so of two copies queued by launchers preparing at once exactly one runs.
+    """
+    cell = (trial.user_attrs.get("group"), trial.user_attrs.get("seed"))
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if other.number != trial.number and _cell_of(other) == cell and (
+                other.state == TrialState.COMPLETE or other.number < trial.number):
+            return other
+    return None
+
+
 def is_sweep_trial(trial: FrozenTrial) -> bool:
     """A trial of the plan, not one a worker made from an empty queue (see the module's docstring)."""
     return "seed" in trial.user_attrs
 
 
 def sweep_id(study: optuna.Study) -> str:
-    """The study's own id, made once and kept as a user attr: what its MLflow parent run is tagged with."""
+    """The study's own id, kept as a user attr: what its MLflow parent run is tagged with.
+
+    Made from the study's name and its id in the storage, so launchers that find it missing at the
+    same moment write the same value (studies made before keep the random id they were given).
+    """
     if "sweep_id" not in study.user_attrs:
-        study.set_user_attr("sweep_id", uuid.uuid4().hex)
+        made = uuid.uuid5(uuid.NAMESPACE_OID, f"optuna-study:{study.study_name}:{study._study_id}")
+        study.set_user_attr("sweep_id", made.hex)
     return study.user_attrs["sweep_id"]
 
 

@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Collection, Mapping, TypeVar
 
 import numpy as np
 from mlflow import MlflowClient
@@ -87,12 +87,15 @@ def open_parent_run(tracking_uri: str, name: str, sweep_id: str, tags: Mapping[s
 
     A rerun of the same sweep (same Optuna study) finds the same parent run and marks it RUNNING
     again. `tags` are set on it each time; the spec's YAML becomes its description and `spec.yaml`.
+    Launchers that start together may each create one; each then keeps the oldest and deletes its own
+    if that is not it, so all use one parent run (given hosts whose clocks agree to the millisecond).
     """
     try:
         client = MlflowClient(tracking_uri)
         experiment_id = _experiment(client, name, artifact_root(tracking_uri))
-        found = client.search_runs([experiment_id], max_results=1,
-                                   filter_string=f"tags.`{SWEEP_ID}` = '{sweep_id}' and tags.`{IS_PARENT}` = 'true'")
+        parents = f"tags.`{SWEEP_ID}` = '{sweep_id}' and tags.`{IS_PARENT}` = 'true'"
+        found = client.search_runs([experiment_id], max_results=1, filter_string=parents,
+                                   order_by=["attributes.start_time ASC"])
         all_tags = {SWEEP_ID: sweep_id, IS_PARENT: "true", **tags}
         if spec_text:
             all_tags[MLFLOW_RUN_NOTE] = f"Sweep spec:\n\n```yaml\n{spec_text.strip()}\n```"
@@ -103,6 +106,11 @@ def open_parent_run(tracking_uri: str, name: str, sweep_id: str, tags: Mapping[s
             log.info("MLflow: continuing parent run %s of experiment %s", run_id, name)
         else:
             run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+            oldest = min(client.search_runs([experiment_id], filter_string=parents),
+                         key=lambda run: (run.info.start_time, run.info.run_id))
+            if oldest.info.run_id != run_id:
+                client.delete_run(run_id)
+                run_id = oldest.info.run_id
             log.info("MLflow: created parent run %s in experiment %s", run_id, name)
         if spec_text:
             client.log_text(run_id, spec_text, "spec.yaml")
@@ -127,11 +135,20 @@ def _experiment(client: MlflowClient, name: str, artifact_location: str | None) 
     return experiment.experiment_id
 
 
-def close_orphans(parent: ParentRun, why: str) -> int:
-    """Mark the parent's child runs still RUNNING (their workers are gone) FAILED and KILLED; returns how many."""
+def close_orphans(parent: ParentRun, why: str, launch: str | None = None,
+                  running: Callable[[], Collection[int]] = tuple) -> int:
+    """Mark the parent's child runs still RUNNING FAILED and KILLED; returns how many.
+
+    Only those of one `launch` (its `sweep.launch` tag) when given, and never those of the Optuna
+    trials `running()` numbers (another launcher's, alive). It is called after the runs are listed,
+    so a trial that started in between is among them.
+    """
     client = MlflowClient(parent.tracking_uri)
     orphans = client.search_runs([parent.experiment_id], filter_string=(
-        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.run_id}' and attributes.status = 'RUNNING'"))
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.run_id}' and attributes.status = 'RUNNING'"
+        + ("" if launch is None else f" and tags.`sweep.launch` = '{launch}'")))
+    alive = {str(number) for number in running()}
+    orphans = [run for run in orphans if run.data.tags.get("optuna.trial_number") not in alive]
     for run in orphans:
         _retry(client.log_batch, run.info.run_id, tags=_tags({STATUS: "FAILED", ERROR: why}))
         _retry(client.set_terminated, run.info.run_id, status="KILLED")

@@ -25,7 +25,7 @@ import torch
 from experiments.errors import SpecError, SweepError
 from experiments.objective import Objective
 from experiments.spec import Execution, SweepSpec
-from experiments.study import Launch, open_study, work_left
+from experiments.study import Launch, launch_id, open_study, work_left
 from experiments.tracking import ParentRun
 
 WATCH_S = 1.0  # how often a worker checks that its launcher is still alive
@@ -71,7 +71,7 @@ def _run_trials(job: WorkerJob) -> int:
     if not work_left(job.spec, study, job.launch):
         return 0
     bind_device(job.gpu, job.threads)
-    objective = Objective(job.spec, Path(job.runs_dir), job.parent, job.slot, job.gpu)
+    objective = Objective(job.spec, Path(job.runs_dir), job.parent, job.slot, job.gpu, launch_id(job.launcher_pid))
     ran = 0
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -34,21 +34,30 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(db: Path) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 against `db` for the duration of the block; yields its base URL."""
+def mlflow_server(db: Path | str, artifacts: Path | None = None) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 for the duration of the block; yields its base URL.
+
+    `db` is an SQLite file, or a backend store URI (postgresql://...) with `artifacts` the folder it serves
+    artifacts from (else the SQLite file's folder's mlartifacts/).
+    """
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
+    backend = db if isinstance(db, str) else f"sqlite:///{db.resolve()}"
+    folder = artifacts.parent if artifacts is not None else Path(db).resolve().parent
     command = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{db.resolve()}"]
+               "--backend-store-uri", backend]
+    if artifacts is not None:
+        command += ["--artifacts-destination", str(artifacts)]
     with tempfile.TemporaryFile("w+") as output:
-        server = subprocess.Popen(command, cwd=db.resolve().parent, stdout=output, stderr=subprocess.STDOUT,
+        server = subprocess.Popen(command, cwd=folder, stdout=output, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_until_up(url, server, output)
             yield url
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:

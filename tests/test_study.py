@@ -14,6 +14,7 @@ from experiments.spec import group_key, load_spec, train_config, trial_plan
 from experiments.study import (
     Launch,
     fail_running,
+    holder,
     make_sampler,
     make_storage,
     missing_cells,
@@ -314,6 +315,33 @@ def test_fail_running_fails_only_running_trials(tmp_path):
     study.tell(done, 1.0)
     assert [t.number for t in fail_running(study)] == [running.number]
     assert [t.state for t in study.trials[:2]] == [TrialState.COMPLETE, TrialState.FAIL]
+
+
+def test_fail_running_of_one_launch_leaves_the_other_launchs_trials_running(tmp_path):
+    spec = load_spec(small_grid(tmp_path))
+    study = open_study(spec)
+    prepare_study(spec, study)
+    mine, theirs = study.ask(), study.ask()
+    mine.set_user_attr("launch", "here:1")
+    theirs.set_user_attr("launch", "there:1")
+    assert [t.number for t in fail_running(study, "here:1")] == [mine.number]
+    assert [t.state for t in study.trials[:2]] == [TrialState.FAIL, TrialState.RUNNING]
+
+
+def test_a_cell_queued_twice_runs_once_the_smaller_number_or_the_complete_one_holds_it(tmp_path):
+    spec = load_spec(small_grid(tmp_path, seeds="[1]"))
+    study = open_study(spec)
+    prepare_study(spec, study)
+    cell, seed = trial_plan(spec)[0]
+    study.enqueue_trial(cell, user_attrs={"seed": seed, "group": group_key(cell)})  # a second launcher's copy
+    first = study.ask()
+    for _ in range(len(spec.cells) - 1):
+        study.tell(study.ask(), 1.0)
+    copy = study.ask()
+    assert (copy.user_attrs["group"], copy.user_attrs["seed"]) == (group_key(cell), seed)
+    assert holder(study, copy).number == first.number and holder(study, first) is None
+    study.tell(first, 1.0)
+    assert holder(study, copy).state == TrialState.COMPLETE
 
 
 def test_sweep_id_is_made_once_per_study(tmp_path):

@@ -1,0 +1,147 @@
+"""Two launchers on one sweep through real servers: a throwaway PostgreSQL (Optuna and MLflow) and `mlflow server`.
+
+One launcher is killed with SIGKILL (its workers with it) in the middle of a trial; the other, and a
+rerun once the dead trials' heartbeat is stale, finish the grid: each cell x seed COMPLETE once, under
+one parent run, each COMPLETE trial's run FINISHED with one value per epoch.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from experiments.study import GRACE_ENV, HEARTBEAT_ENV, launch_id
+from experiments.tracking import EPOCH_METRICS
+from mlflow_ui_check import free_port, mlflow_server
+from test_faults import every_cell_once, stop_leftovers
+from test_sweep import ROOT, complete_cells, write_spec
+
+EPOCHS = 2
+HEARTBEAT_S, GRACE_S = 1, 4
+PG_BIN = next((str(Path(found).resolve().parent) for found in [shutil.which("initdb"),
+                                                     *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))]
+               if found and Path(found).resolve().with_name("pg_ctl").exists()), None)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL's initdb and pg_ctl are not in PATH or "
+                                              "/usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)"),
+    pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None,
+                       reason="psycopg2 is missing (pip install psycopg2-binary)"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 with databases optuna and mlflow; yields its base URL.
+
+    Its folder is made with mkdtemp, not in tmp_path: as root, initdb must run as `postgres`, which
+    cannot enter pytest's private temp folders.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="sweep-pg-"))
+    as_owner = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", free_port()
+    pg_ctl = [*as_owner, f"{PG_BIN}/pg_ctl", "-D", str(data)]
+    subprocess.run([*as_owner, f"{PG_BIN}/initdb", "-D", str(data), "-U", "postgres", "--auth", "trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*pg_ctl, "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "-l",
+                    str(folder / "log.txt"), "-w", "start"], check=True, capture_output=True)
+    try:
+        for name in ("optuna", "mlflow"):
+            subprocess.run([f"{PG_BIN}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name],
+                           check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_launcher(folder: Path, spec_path: Path, storage: str, tracking_uri: str, name: str) -> subprocess.Popen:
+    """`python run_sweep.py SPEC --storage ... --tracking-uri ...` in its own session, output in `name`.txt."""
+    env = {**os.environ, HEARTBEAT_ENV: str(HEARTBEAT_S), GRACE_ENV: str(GRACE_S)}
+    with open(folder / f"{name}.txt", "w") as output:
+        return subprocess.Popen([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name, "--storage", storage,
+                                 "--tracking-uri", tracking_uri], cwd=folder, env=env, stdout=output,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_mid_trial(study: optuna.Study, launcher: subprocess.Popen, folder: Path) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial of `launcher` that has checkpointed its first epoch."""
+    launch, deadline = launch_id(launcher.pid), time.monotonic() + 90
+    while time.monotonic() < deadline and launcher.poll() is None:
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("launch") == launch and "trial_dir" in trial.user_attrs and \
+                    (Path(trial.user_attrs["trial_dir"]) / "checkpoints" / "epoch_0001.ckpt").exists():
+                return trial
+        time.sleep(0.2)
+    raise AssertionError(f"launcher {launch} ran no trial to epoch 1: {(folder / 'a.txt').read_text()[-2000:]}")
+
+
+def test_two_launchers_share_a_sweep_and_the_survivor_takes_over_the_killed_ones_trials(
+        small_dataset, tmp_path, postgres):
+    assert socket.gethostname()  # launch ids are host:pid
+    spec_path = write_spec(tmp_path, small_dataset, "shared", num_epoch=EPOCHS, workers=1,
+                           extra="parameters: {tfr: [0.0, 1.0]}")
+    storage = f"{postgres}/optuna"
+    with mlflow_server(f"{postgres}/mlflow", artifacts=tmp_path / "artifacts") as tracking_uri:
+        first = start_launcher(tmp_path, spec_path, storage, tracking_uri, "a")
+        second = start_launcher(tmp_path, spec_path, storage, tracking_uri, "b")
+        try:
+            study = wait_for_study(storage, "shared")
+            killed = wait_mid_trial(study, first, tmp_path)
+            os.killpg(first.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            assert second.wait(timeout=150) in (0, 1), (tmp_path / "b.txt").read_text()[-3000:]
+            if complete_cells(study) != every_cell_once(spec_path):
+                # the survivor ran dry before the killed trial's heartbeat went stale: a rerun takes it over
+                time.sleep(max(0.0, killed_at + GRACE_S + HEARTBEAT_S - time.monotonic()))
+                rerun = start_launcher(tmp_path, spec_path, storage, tracking_uri, "c")
+                assert rerun.wait(timeout=150) == 0, (tmp_path / "c.txt").read_text()[-3000:]
+        finally:
+            for launcher in (first, second):
+                stop_leftovers(launcher)
+
+        trials = study.get_trials()
+        assert complete_cells(study) == every_cell_once(spec_path)
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        taken_over = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+        assert [t.state for t in taken_over] == [TrialState.COMPLETE]
+        assert taken_over[0].user_attrs["launch"] != launch_id(first.pid)
+
+        client = MlflowClient(tracking_uri)
+        runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+        parents = [run for run in runs if run.data.tags.get("sweep.parent") == "true"]
+        children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+        assert len(parents) == 1
+        assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
+        complete = {t.user_attrs["mlflow_run_id"]: t for t in trials if t.state == TrialState.COMPLETE}
+        assert {run.info.run_id for run in children if run.info.status == "FINISHED"} == set(complete)
+        for run_id in complete:
+            for key in EPOCH_METRICS:
+                assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(EPOCHS)), key
+
+
+def wait_for_study(storage: str, name: str) -> optuna.Study:
+    """The study `name` once a launcher has created it."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if name in [summary.study_name for summary in optuna.get_all_study_summaries(storage)]:
+            return optuna.load_study(study_name=name, storage=storage)
+        time.sleep(0.5)
+    raise AssertionError(f"no launcher created study {name!r} within 60 s")

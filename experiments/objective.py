@@ -29,9 +29,8 @@ from cvae.config import TrainConfig
 from cvae.data import VideoData, load_video_data
 from cvae.errors import CVAEError
 from cvae.metrics import save_psnr_csv
-from cvae.model import VideoCVAE
-from cvae.train import (VAL_NOISE_SEED_OFFSET, EpochReport, History, autocast, fit, memory_format, resolve_device,
-                        to_unit)
+from cvae.predict import load_model
+from cvae.train import EpochReport, History, fit, resolve_device, sample_rollouts
 from cvae.video import save_gif, side_by_side, to_uint8
 from experiments.errors import one_line
 from experiments.spec import SweepSpec, group_key, group_label, train_config
@@ -211,14 +210,7 @@ def save_rollout_gif(path: Path, checkpoint_path: Path, data: VideoData) -> Path
 
     The rollout draws z as `validate` does, so its PSNR is the one the checkpoint was chosen by.
     """
-    state = checkpoint.load(checkpoint_path)
-    cfg = checkpoint.config_of(state, checkpoint_path)
-    device = resolve_device(cfg)
-    model = VideoCVAE(cfg).to(device, memory_format=memory_format(cfg))
-    model.load_state_dict(state["model"])
-    model.eval()
-    images, labels = data.val_images.to(device), data.val_labels.to(device)  # (T, 3, H, W) uint8
-    generator = torch.Generator(device).manual_seed(cfg.seed + VAL_NOISE_SEED_OFFSET)
-    with autocast(cfg, device):
-        frames = model.rollout(to_unit(images[:1]), to_unit(labels).unsqueeze(0), generator)  # (1, T, 3, H, W)
-    return save_gif(path, side_by_side(to_uint8(frames[0].float()), images).cpu(), zoom=GIF_ZOOM)
+    model, cfg = load_model(checkpoint_path)
+    images = data.val_images.to(resolve_device(cfg))  # (T, 3, H, W) uint8
+    frames = sample_rollouts(model, images[0], data.val_labels, cfg, cfg.seed)[0]  # (T, 3, H, W)
+    return save_gif(path, side_by_side(to_uint8(frames), images).cpu(), zoom=GIF_ZOOM)

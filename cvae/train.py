@@ -228,14 +228,16 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
         history.epochs.append(report)
         stop = any([bool(callback(report)) for callback in callbacks])  # a list: every callback sees every epoch
         last_epoch = epoch + 1 == cfg.num_epoch or stop
-        if report.val_psnr > best_psnr:
+        improved = report.val_psnr > best_psnr
+        save_epoch = (epoch + 1) % cfg.per_save == 0 or last_epoch
+        if improved or save_epoch:  # built once when both files are written
+            state = _state(cfg, epoch + 1, model, optimizer, scheduler, data_rng, noise_rng, history)
+        if improved:
             best_psnr = report.val_psnr
             history.best_checkpoint = ckpt_dir / "best.ckpt"
-            checkpoint.save_atomic(_state(cfg, epoch + 1, model, optimizer, scheduler, data_rng, noise_rng,
-                                          history), history.best_checkpoint)
-        if (epoch + 1) % cfg.per_save == 0 or last_epoch:
-            history.last_checkpoint = checkpoint.save_epoch(
-                _state(cfg, epoch + 1, model, optimizer, scheduler, data_rng, noise_rng, history), ckpt_dir, epoch + 1)
+            checkpoint.save_atomic(state, history.best_checkpoint)
+        if save_epoch:
+            history.last_checkpoint = checkpoint.save_epoch(state, ckpt_dir, epoch + 1)
         if stop:
             history.stopped_early = epoch + 1 < cfg.num_epoch
             break

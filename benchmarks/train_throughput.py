@@ -1,14 +1,17 @@
 """Training and rollout speed of our trainer next to a lab-style baseline, in one process each.
 
-    python benchmarks/train_throughput.py [--device cpu|cuda] [--preset lab|small] [--batch-size N]
-                                          [--steps N] [--quick] [--json]
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--preset lab|small] [--batch-size N[,N...]]
+                                          [--variants ours,+bf16,...] [--steps N] [--profile] [--quick] [--json]
 
 The lab-style path is the lab code's way of running the same model: fp32, NCHW, batch 2, a
 DataLoader rebuilt every epoch that decodes PNGs for every clip, one time step after another,
 a host sync (`loss.item()`) after every step, and pose features computed one frame at a time in
 the rollout. Ours: the uint8 frame cache in device memory, teacher-forced steps batched over time,
-channels_last, bf16 autocast on CUDA, no host sync inside the loop. Every measurement runs in its
-own spawned process so peak memory is that path's alone.
+channels_last, the fused optimizer on CUDA, no host sync inside the loop: TrainConfig's defaults.
+The variants switch on the optimisations that are off by default (bf16, torch.compile, CUDA graphs
+for the rollout), one at a time or all together. Every measurement runs in its own spawned process
+so peak memory is that path's alone. `--profile` prints the PyTorch profiler's busiest operators
+for each path's training steps.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ import torch.nn.functional as F
 from cvae.config import TrainConfig
 from cvae.data import load_video_data
 from cvae.model import VideoCVAE
+from cvae.schedules import make_optimizer
 from cvae.synthetic import generate
-from cvae.train import kl_divergence, memory_format, to_unit, train_step, validate
+from cvae.train import build_model, kl_divergence, to_unit, train_step, validate
 
 PRESETS = {
     "lab": dict(F_dim=128, L_dim=32, N_dim=12, D_out_dim=192),
@@ -38,6 +42,18 @@ PRESETS = {
 # dense bf16 tensor-core peak, TFLOP/s, by the GPU's name
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
 LAB_BATCH_SIZE = 2
+LAB_STYLE = "lab-style"
+# our path's TrainConfig overrides by name; "ours" is the defaults
+VARIANTS = {
+    "ours": {},
+    "+bf16": dict(bf16=True),
+    "+compile": dict(compile=True),
+    "+cuda_graphs": dict(cuda_graphs=True),
+    "+all": dict(bf16=True, compile=True, cuda_graphs=True),
+}
+DEFAULT_VARIANTS = {"cpu": "ours", "cuda": "ours,+bf16,+compile,+cuda_graphs,+all"}
+DEFAULT_BATCH_SIZES = {"cpu": "4,16", "cuda": "16,64"}
+PROFILE_ROWS = 12
 
 
 @dataclass(frozen=True)
@@ -58,17 +74,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", choices=(*PRESETS, "both"), default=None, help="default: both, small with --quick")
-    parser.add_argument("--batch-size", type=int, default=16, help="our batch size (the lab-style path uses 2)")
+    parser.add_argument("--batch-size", default=None,
+                        help="our batch sizes, comma-separated (default 4,16 on the CPU, 16,64 on CUDA; "
+                             "the lab-style path uses 2)")
+    parser.add_argument("--variants", default=None,
+                        help=f"our paths, comma-separated from {', '.join(VARIANTS)} "
+                             f"(default {DEFAULT_VARIANTS['cpu']} on the CPU, {DEFAULT_VARIANTS['cuda']} on CUDA)")
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per path")
+    parser.add_argument("--profile", action="store_true", help="print the profiler's busiest operators per path")
     parser.add_argument("--quick", action="store_true", help="tiny data, 1 step of batch 4, a 40-frame rollout: for CI")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
+    variants = (args.variants or DEFAULT_VARIANTS[args.device]).split(",")
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        print(f"error: --variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    try:
+        batch_sizes = [int(size) for size in (args.batch_size or DEFAULT_BATCH_SIZES[args.device]).split(",")]
+    except ValueError:
+        print(f"error: --batch-size: expected integers like 4,16, got {args.batch_size!r}", file=sys.stderr)
+        return 2
     preset = args.preset or ("small" if args.quick else "both")
     presets = list(PRESETS) if preset == "both" else [preset]
-    steps, batch_size = (1, 4) if args.quick else (args.steps, args.batch_size)
+    steps, batch_sizes = (1, [4]) if args.quick else (args.steps, batch_sizes)
     with tempfile.TemporaryDirectory() as tmp:
         sizes = dict(small=True) if args.quick else dict(train_videos=2, train_frames=160, test_seqs=1, test_frames=16)
         root = generate(Path(tmp) / "data", seed=0, **sizes)
@@ -76,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         context = multiprocessing.get_context("spawn")
         results = []
         for preset in presets:
-            for path, batch in (("ours", batch_size), ("lab-style", LAB_BATCH_SIZE)):
-                job = (preset, path, batch, steps, rollout_frames, str(root), args.device)
+            paths = [(variant, batch) for batch in batch_sizes for variant in variants]
+            for path, batch in [*paths, (LAB_STYLE, LAB_BATCH_SIZE)]:
+                job = (preset, path, batch, steps, rollout_frames, str(root), args.device, args.profile)
                 with context.Pool(1) as pool:
                     results.append(pool.apply(measure, job))
     print(json.dumps([r.__dict__ for r in results], indent=2) if args.json else table(results))
@@ -85,19 +118,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(preset: str, path: str, batch_size: int, steps: int, rollout_frames: int, root: str,
-            device_name: str) -> Measurement:
-    torch.set_num_threads(torch.get_num_threads())
+            device_name: str, profile: bool) -> Measurement:
     device = torch.device(device_name)
-    ours = path == "ours"
+    ours = path != LAB_STYLE
+    options = VARIANTS[path] if ours else dict(channels_last=False, fused_optimizer=False)
     cfg = TrainConfig(DR=root, batch_size=batch_size, val_vi_len=rollout_frames, device=device_name,
-                      bf16=ours and device.type == "cuda", channels_last=ours, **PRESETS[preset])
+                      **options, **PRESETS[preset])
     data = load_video_data(cfg)
     torch.manual_seed(0)
-    model = VideoCVAE(cfg).to(device, memory_format=memory_format(cfg))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if ours:
+        model = build_model(cfg, device)
+        optimizer = make_optimizer(cfg, model.parameters())
+    else:
+        model = VideoCVAE(cfg).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     run_steps = (_our_steps if ours else _lab_steps)(model, optimizer, cfg, data, device)
-    run_steps(1)  # warm-up: allocator, kernels, caches
+    run_steps(2)  # warm-up: allocator, kernels, caches, and compilation of both batch shapes
     _sync(device)
+    if profile:
+        _print_profile(f"{preset} {path} batch {batch_size}", run_steps, device)
     started = time.perf_counter()
     frames = run_steps(steps)
     _sync(device)
@@ -110,7 +149,7 @@ def measure(preset: str, path: str, batch_size: int, steps: int, rollout_frames:
     rollout(model, val_images, val_labels, cfg, 0)
     _sync(device)
     rollout_seconds = time.perf_counter() - started
-    flops_per_frame = _flops_per_frame(model, optimizer, cfg, data, device)
+    flops_per_frame = _flops_per_frame(cfg, data, device)
     frames_per_s = frames / train_seconds
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = next((tflops for name, tflops in GPU_PEAK_TFLOPS.items() if name in gpu_name), None)
@@ -170,7 +209,8 @@ def _lab_steps(model, optimizer, cfg, data, device):
                     prev_feat = model.frame_transformation(images[:, t - 1])
                     frame_feat = model.frame_transformation(images[:, t])
                     pose_feat = model.label_transformation(labels[:, t])
-                    z, mu, logvar = model.Gaussian_Predictor(frame_feat, pose_feat)
+                    eps = model.sample_prior(pose_feat, None)
+                    z, mu, logvar = model.Gaussian_Predictor(frame_feat, pose_feat, eps)
                     prediction = model.decode(images[:, t - 1], prev_feat, pose_feat, z)
                     step_loss = F.mse_loss(prediction, images[:, t]) + kl_divergence(mu, logvar)
                     loss = loss + step_loss
@@ -199,14 +239,33 @@ def _lab_rollout(model, images, labels, cfg, seed):
     model.train()
 
 
-def _flops_per_frame(model, optimizer, cfg, data, device) -> float:
-    """FLOPs of one of our teacher-forced training steps (forward + backward), per frame."""
+def _flops_per_frame(cfg, data, device) -> float:
+    """FLOPs of one of our teacher-forced training steps (forward + backward), per frame.
+
+    Counted on an uncompiled copy of the model: the same arithmetic, without tracing the counter.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
+    model = VideoCVAE(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters())
     images, labels = data.train_images[:1].to(device), data.train_labels[:1].to(device)
     with FlopCounterMode(display=False) as counter:
         train_step(model, optimizer, images, labels, True, 1.0, None, cfg)
     return counter.get_total_flops() / cfg.train_vi_len
+
+
+def _print_profile(title: str, run_steps, device: torch.device) -> None:
+    """The busiest operators of two training steps, by time spent in the operator itself."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device.type == "cuda" else [])]
+    with profile(activities=activities) as profiler:
+        run_steps(2)
+        _sync(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"profile: {title}, 2 steps\n"
+          f"{profiler.key_averages().table(sort_by=sort_by, row_limit=PROFILE_ROWS, max_name_column_width=40)}",
+          file=sys.stderr, flush=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -215,18 +274,19 @@ def _sync(device: torch.device) -> None:
 
 
 def table(results: list[Measurement]) -> str:
-    header = (f"{'preset':7} {'path':10} {'batch':>5} {'train frames/s':>15} {'rollout s':>10} {'frames':>6} "
+    header = (f"{'preset':7} {'path':13} {'batch':>5} {'train frames/s':>15} {'rollout s':>10} {'frames':>6} "
               f"{'host MB':>8} {'GPU MB':>8} {'TFLOP/s':>8} {'peak':>6}")
     lines = [header, "-" * len(header)]
     for r in results:
         peak = f"{r.device_peak_tflops:.0f}" if r.device_peak_tflops else "n/a"
-        lines.append(f"{r.preset:7} {r.path:10} {r.batch_size:5d} {r.train_frames_per_s:15.1f} "
+        lines.append(f"{r.preset:7} {r.path:13} {r.batch_size:5d} {r.train_frames_per_s:15.1f} "
                      f"{r.rollout_seconds:10.2f} {r.rollout_frames:6d} {r.peak_host_mb:8.0f} {r.peak_gpu_mb:8.0f} "
                      f"{r.model_tflops:8.4f} {peak:>6}")
-    for preset in dict.fromkeys(r.preset for r in results):
-        ours, lab = (next(r for r in results if r.preset == preset and r.path == p) for p in ("ours", "lab-style"))
-        lines.append(f"{preset}: ours / lab-style = {ours.train_frames_per_s / lab.train_frames_per_s:.1f}x "
-                     f"training frames/s, {lab.rollout_seconds / ours.rollout_seconds:.1f}x rollout speed")
+    for lab in (r for r in results if r.path == LAB_STYLE):
+        for ours in (r for r in results if r.preset == lab.preset and r.path != LAB_STYLE):
+            lines.append(f"{ours.preset} {ours.path} batch {ours.batch_size} / lab-style: "
+                         f"{ours.train_frames_per_s / lab.train_frames_per_s:.1f}x training frames/s, "
+                         f"{lab.rollout_seconds / ours.rollout_seconds:.1f}x rollout speed")
     return "\n".join(lines)
 
 

@@ -59,8 +59,12 @@ class TrainConfig:
     # run
     seed: int = 1
     device: str = "auto"
-    bf16: bool = False  # bf16 autocast, CUDA only
+    # speed: each switchable, numerically checked against the plain fp32 path (benchmarks/quality_check.py)
     channels_last: bool = True  # NHWC makes the 1x1 convs plain matrix products: faster on CPU and GPU
+    bf16: bool = False  # bf16 autocast over fp32 weights; slower than fp32 on a CPU without bf16 units
+    fused_optimizer: bool = True  # one fused Adam(W) kernel on CUDA; on the CPU the default loop was faster
+    compile: bool = False  # torch.compile each module: slower on the CPU, and its compile time outweighs short trials
+    cuda_graphs: bool = False  # replay the validation rollout's step as a CUDA graph (CUDA only)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -93,9 +93,10 @@ class Gaussian_Predictor(nn.Module):
         )
 
     def forward(self, frame_feat: torch.Tensor, pose_feat: torch.Tensor,
-                generator: torch.Generator | None = None):
+                eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """eps: (B, N_dim, H, W) standard normal noise, drawn by the caller: a module without random
+        state is one graph for torch.compile and replays the same under a CUDA graph."""
         mu, logvar = self.body(torch.cat([frame_feat, pose_feat], dim=1)).chunk(2, dim=1)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + eps * torch.exp(0.5 * logvar)  # reparameterisation: gradients flow to mu and logvar
         return z, mu, logvar
 
@@ -154,30 +155,41 @@ class VideoCVAE(nn.Module):
         return self.Generator(self.Decoder_Fusion(torch.cat([prev_feat, pose_feat, z], dim=1)), prev_frame)
 
     def sample_prior(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """z ~ N(0, I) shaped (B, N_dim, H, W) for a batch of frames `like` (B, C, H, W)."""
+        """Standard normal noise shaped (B, N_dim, H, W) for a batch of frames or features `like` (B, C, H, W)."""
         batch, _, height, width = like.shape
         return torch.randn((batch, self.N_dim, height, width), generator=generator,
-                           device=like.device, dtype=like.dtype)
+                           device=like.device, dtype=torch.float32)
+
+    def step(self, prev_frame: torch.Tensor, pose_feat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """One rollout step: frame t-1 (B, 3, H, W), pose t's features and z -> frame t (B, 3, H, W)."""
+        return self.decode(prev_frame, self.frame_transformation(prev_frame), pose_feat, z)
 
     @torch.no_grad()
-    def rollout(self, first_frame: torch.Tensor, poses: torch.Tensor,
-                generator: torch.Generator | None = None, pose_chunk: int = 128) -> torch.Tensor:
+    def rollout(self, first_frame: torch.Tensor, poses: torch.Tensor, generator: torch.Generator | None = None,
+                pose_chunk: int = 128, cuda_graph: bool = False) -> torch.Tensor:
         """Generate a video from its first frame and all its pose maps, z from the prior.
 
         first_frame (B, 3, H, W) float in [0, 1]; poses (B, T, 3, H, W) float, pose 0 unused.
-        Returns (B, T, 3, H, W): frame 0 is `first_frame`, each later frame is fed back.
+        Returns (B, T, 3, H, W) float32: frame 0 is `first_frame`, each later frame is fed back.
+        With `cuda_graph` (CUDA only) the step runs as one captured graph replayed T-1 times;
+        z is drawn outside it, so both ways draw the same noise.
         """
         batch, length = poses.shape[:2]
         pose_feats = torch.cat([  # all pose features at once: they do not depend on the rollout
             self.label_transformation(chunk)
             for chunk in poses[:, 1:].flatten(0, 1).split(pose_chunk)
         ]).unflatten(0, (batch, length - 1))  # (B, T-1, L, H, W)
-        frames = [first_frame]
-        for step in range(length - 1):
-            prev_feat = self.frame_transformation(frames[-1])
-            z = self.sample_prior(first_frame, generator)
-            frames.append(self.decode(frames[-1], prev_feat, pose_feats[:, step], z))
-        return torch.stack(frames, dim=1)
+        video = torch.empty(poses.shape, device=poses.device, dtype=torch.float32)  # (B, T, 3, H, W)
+        video[:, 0] = first_frame
+        step = self.step
+        if cuda_graph:
+            from cvae.graphs import captured  # CUDA only: kept out of the CPU import path
+
+            z_like = torch.zeros((batch, self.N_dim, *first_frame.shape[2:]), device=first_frame.device)
+            step = captured(self.step, first_frame, pose_feats[:, 0], z_like)
+        for t in range(1, length):
+            video[:, t] = step(video[:, t - 1], pose_feats[:, t - 1], self.sample_prior(first_frame, generator))
+        return video
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -38,7 +38,9 @@ def teacher_forcing_ratio(cfg: TrainConfig, epoch: int) -> float:
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     optimizer_class = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}[cfg.optim]
-    return optimizer_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(params)
+    fused = cfg.fused_optimizer and all(param.is_cuda for param in params)
+    return optimizer_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def make_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:

@@ -89,7 +89,8 @@ def clip_losses(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, te
     batch, length = images.shape[:2]
     frame_feat = model.frame_transformation(images.flatten(0, 1)).unflatten(0, (batch, length))  # (B, T, F, H, W)
     pose_feat = model.label_transformation(labels[:, 1:].flatten(0, 1))  # (B*(T-1), L, H, W)
-    z, mu, logvar = model.Gaussian_Predictor(frame_feat[:, 1:].flatten(0, 1), pose_feat, generator)
+    eps = model.sample_prior(pose_feat, generator)  # (B*(T-1), N, H, W)
+    z, mu, logvar = model.Gaussian_Predictor(frame_feat[:, 1:].flatten(0, 1), pose_feat, eps)
     targets = images[:, 1:].flatten(0, 1)  # (B*(T-1), 3, H, W)
     if teacher_forced:
         predictions = model.decode(images[:, :-1].flatten(0, 1), frame_feat[:, :-1].flatten(0, 1), pose_feat, z)
@@ -122,8 +123,9 @@ def sample_rollouts(model: VideoCVAE, first_frame: torch.Tensor, labels: torch.T
     generator = torch.Generator(device).manual_seed(seed + VAL_NOISE_SEED_OFFSET)
     start = to_unit(first_frame.to(device)).unsqueeze(0)  # (1, 3, H, W)
     poses = to_unit(labels.to(device)).unsqueeze(0)  # (1, T, 3, H, W)
-    with autocast(cfg, device):
-        videos = [model.rollout(start, poses, generator)[0].float() for _ in range(samples)]
+    cuda_graph = cfg.cuda_graphs and device.type == "cuda"
+    with autocast(cfg, device, weight_cache=not cuda_graph):  # a graph must not keep cast weights that autocast frees
+        videos = [model.rollout(start, poses, generator, cuda_graph=cuda_graph)[0] for _ in range(samples)]
     return torch.stack(videos)  # (K, T, 3, H, W)
 
 
@@ -148,10 +150,32 @@ def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
     return frames_uint8.float().div_(255.0)
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(cfg: TrainConfig, device: torch.device, weight_cache: bool = True):
+    """bf16 autocast where cfg.bf16 asks for it; parameters and the optimizer stay fp32."""
+    if cfg.bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=weight_cache)
     return contextlib.nullcontext()
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> VideoCVAE:
+    """The model in the config's memory format on `device`, its modules compiled if cfg.compile."""
+    model = VideoCVAE(cfg).to(device, memory_format=memory_format(cfg))
+    if cfg.compile:
+        compile_modules(model)
+    return model
+
+
+def compile_modules(model: VideoCVAE) -> None:
+    """torch.compile each of the five modules in place; the state dict keeps its keys.
+
+    Each module is one graph (the noise comes in as an argument), reused by the batched
+    teacher-forced pass, the free-running steps and the rollout. Where compilation fails
+    (no C++ compiler, an unsupported op), dynamo logs the error and runs that module eagerly.
+    """
+    torch._dynamo.config.suppress_errors = True  # the fallback: eager execution, never a failed run
+    for module in (model.frame_transformation, model.label_transformation, model.Gaussian_Predictor,
+                   model.Decoder_Fusion, model.Generator):
+        module.compile()
 
 
 def train_step(model: VideoCVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
@@ -174,7 +198,7 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
     callbacks = list(callbacks)
     ckpt_dir = Path(cfg.save_root) / "checkpoints"
     torch.manual_seed(cfg.seed)  # model initialisation
-    model = VideoCVAE(cfg).to(device, memory_format=memory_format(cfg))
+    model = build_model(cfg, device)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_lr_scheduler(cfg, optimizer)
     data_rng = torch.Generator().manual_seed(cfg.seed)  # clip order and teacher-forcing draws

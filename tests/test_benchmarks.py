@@ -32,3 +32,25 @@ def test_sweep_throughput_quick_prints_well_formed_json():
     for row in rows:
         assert row["trials"] == 2 and row["wall_seconds"] > 0 and row["gpu_util_percent"] is None
         assert row["trials_per_hour"] == pytest.approx(2 / row["wall_seconds"] * 3600)
+
+
+@pytest.mark.slow
+def test_quality_check_quick_compares_every_setting_with_the_plain_path():
+    report = json.loads(run_benchmark("quality_check.py", "--quick", "--json", "--device", "cpu"))
+    assert [(row["configuration"], row["seed"]) for row in report["trials"]] == [
+        ("kl_anneal_type=Cyclical", 1), ("kl_anneal_type=Monotonic", 1)]
+    assert list(report["summary"]) == ["plain", "default", "+bf16"]
+    plain = report["summary"]["plain"]
+    assert plain["best_minus_plain_db"] == 0 and plain["largest_trial_difference_db"] == 0
+    for setting, figures in report["summary"].items():
+        best = max(row[setting] for row in report["trials"])
+        assert figures["best_val_psnr"] == best and 5 < best < 60
+        assert figures["within_tolerance"] == (abs(figures["best_minus_plain_db"]) <= 0.3)
+
+
+def test_benchmarks_refuse_unknown_options_in_one_line():
+    for script, option in (("train_throughput.py", "--variants=+turbo"), ("quality_check.py", "--settings=plain,+turbo")):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), option], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        assert done.stderr.strip().count("\n") == 0 and "'+turbo'" in done.stderr

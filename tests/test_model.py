@@ -9,7 +9,8 @@ def test_module_shapes_at_frame_resolution():
     frames = torch.rand(2, 3, 32, 64)
     assert RGB_Encoder(3, 128)(frames).shape == (2, 128, 32, 64)
     assert Label_Encoder(3, 32)(frames).shape == (2, 32, 32, 64)
-    z, mu, logvar = Gaussian_Predictor(160, 12)(torch.rand(2, 128, 32, 64), torch.rand(2, 32, 32, 64))
+    z, mu, logvar = Gaussian_Predictor(160, 12)(torch.rand(2, 128, 32, 64), torch.rand(2, 32, 32, 64),
+                                                torch.randn(2, 12, 32, 64))
     assert z.shape == mu.shape == logvar.shape == (2, 12, 32, 64)
     assert Decoder_Fusion(172, 192)(torch.rand(2, 172, 32, 64)).shape == (2, 192, 32, 64)
     generated = Generator(192, 3)(torch.rand(2, 192, 32, 64), torch.rand(2, 3, 32, 64))
@@ -26,7 +27,8 @@ def test_reparameterisation_statistics_and_gradients():
     mu = torch.full((4000, 2, 1, 1), 1.5, requires_grad=True)
     logvar = torch.full((4000, 2, 1, 1), 2 * torch.log(torch.tensor(0.5)).item(), requires_grad=True)
     predictor.body = _Fixed(mu, logvar)  # isolate the sampling from the network
-    z, _, _ = predictor(torch.zeros(4000, 4, 1, 1), torch.zeros(4000, 4, 1, 1), torch.Generator().manual_seed(0))
+    eps = torch.randn((4000, 2, 1, 1), generator=torch.Generator().manual_seed(0))
+    z, _, _ = predictor(torch.zeros(4000, 4, 1, 1), torch.zeros(4000, 4, 1, 1), eps)
     assert abs(z.mean().item() - 1.5) < 0.03
     assert abs(z.std().item() - 0.5) < 0.02
     z.sum().backward()

@@ -1,7 +1,8 @@
 import pytest
+import torch
 
 from cvae.config import TrainConfig
-from cvae.schedules import kl_beta, learning_rate, teacher_forcing_ratio
+from cvae.schedules import kl_beta, learning_rate, make_optimizer, teacher_forcing_ratio
 
 
 def betas(cfg):
@@ -66,3 +67,15 @@ def test_cosine_lr_reaches_minimum_at_the_end():
 def test_constant_lr():
     cfg = TrainConfig(lr=3e-4, lr_schedule="constant", num_epoch=4)
     assert [learning_rate(cfg, epoch) for epoch in range(4)] == pytest.approx([3e-4] * 4)
+
+
+def test_fused_optimizer_is_not_used_on_the_cpu():
+    optimizer = make_optimizer(TrainConfig(optim="AdamW"), [torch.zeros(3, requires_grad=True)])
+    assert not optimizer.defaults["fused"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels need CUDA")
+def test_fused_optimizer_on_cuda_unless_switched_off():
+    params = [torch.zeros(3, requires_grad=True, device="cuda")]
+    assert make_optimizer(TrainConfig(optim="AdamW"), params).defaults["fused"]
+    assert not make_optimizer(TrainConfig(fused_optimizer=False), params).defaults["fused"]

@@ -128,3 +128,64 @@ def test_resume_with_another_model_shape_is_refused(tiny):
     wider = cfg.replace(F_dim=32)
     with pytest.raises(CheckpointError, match="another shape than"):
         fit(wider, load_video_data(wider), resume_from=history.last_checkpoint, progress=False)
+
+
+def test_bf16_autocast_validates_within_a_third_of_a_decibel_of_fp32(tiny):
+    cfg = tiny(num_epoch=3, lr=0.003, partial=0.5)
+    data = load_video_data(cfg)
+    fp32 = fit(cfg, data, progress=False)
+    bf16 = fit(cfg.replace(bf16=True, save_root=cfg.save_root + "_bf16"), data, progress=False)
+    assert [r.train_loss for r in bf16.epochs] != [r.train_loss for r in fp32.epochs]  # the option took effect
+    # the same short training: bf16's rounding changes the path, not where it gets
+    assert [abs(ours.val_psnr - reference.val_psnr) for ours, reference in zip(bf16.epochs, fp32.epochs)] == \
+        pytest.approx([0.0] * cfg.num_epoch, abs=0.3)
+
+
+def test_cuda_graphs_change_nothing_on_the_cpu(tiny):
+    cfg = tiny()
+    data = load_video_data(cfg)
+    model = VideoCVAE(cfg)
+    eager = validate(model, data.val_images, data.val_labels, cfg, seed=1)
+    graphed = validate(model, data.val_images, data.val_labels, cfg.replace(cuda_graphs=True), seed=1)
+    assert (eager == graphed).all()
+
+
+@pytest.mark.slow
+def test_compiled_modules_train_like_eager_ones_and_save_the_same_keys(tiny):
+    cfg = tiny(num_epoch=2, partial=0.5)
+    data = load_video_data(cfg)
+    eager = fit(cfg, data, progress=False)
+    compiled = fit(cfg.replace(compile=True, save_root=cfg.save_root + "_compiled"), data, progress=False)
+    for ours, reference in zip(compiled.epochs, eager.epochs):
+        assert ours.train_loss == pytest.approx(reference.train_loss, rel=1e-3)
+        assert ours.val_psnr == pytest.approx(reference.val_psnr, abs=0.01)
+    assert weights(compiled.last_checkpoint).keys() == weights(eager.last_checkpoint).keys()
+
+
+FALLBACK_RUN = """
+import json, sys
+from cvae.config import TrainConfig
+from cvae.data import load_video_data
+from cvae.train import fit
+cfg = TrainConfig(**json.loads(sys.argv[1]))
+data = load_video_data(cfg)
+eager = fit(cfg, data, progress=False)
+compiled = fit(cfg.replace(compile=True, save_root=cfg.save_root + "_compiled"), data, progress=False)
+print(json.dumps([[r.train_loss for r in h.epochs] for h in (eager, compiled)]))
+"""
+
+
+def test_compile_falls_back_to_eager_when_it_cannot_compile(tiny):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg = tiny(num_epoch=2, partial=0.5)
+    broken = {**os.environ, "CXX": "/bin/false"}  # inductor finds no working C++ compiler
+    done = subprocess.run([sys.executable, "-c", FALLBACK_RUN, json.dumps(cfg.to_dict())], env=broken,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    eager, compiled = json.loads(done.stdout.splitlines()[-1])
+    assert compiled == eager
+    assert "No working C++ compiler" in done.stderr

@@ -1,15 +1,16 @@
 """Does speed cost quality? Every trial of a sweep spec trained with and without the speed options.
 
-    python benchmarks/quality_check.py [SPEC] [--device cpu|cuda] [--settings plain,default,+bf16,...]
+    python benchmarks/quality_check.py [SPEC] [--device cpu|cuda] [--settings plain,ours,+bf16,...]
                                        [--quick] [--json]
 
 SPEC defaults to sweeps/quick.yaml. Each (configuration, seed) of its plan is trained by `fit`
 directly (no Optuna, no MLflow) once per setting:
 
     plain     the unoptimised path: fp32, NCHW, no fused optimizer, no compile, no CUDA graphs
-    default   TrainConfig's defaults, what a sweep runs unless its spec says otherwise
+    ours      TrainConfig's defaults, what a sweep runs unless its spec says otherwise
     +bf16, +compile, +cuda_graphs, +all    the defaults with the options that are off by default
 
+(benchmarks/variants.py)
 and the script prints every trial's best validation PSNR per setting, then the sweep's best per
 setting next to the plain path's, against the 0.3 dB tolerance. Same seeds, same data, same
 schedules: the only differences are the options' arithmetic.
@@ -31,17 +32,10 @@ from cvae.synthetic import ensure_dataset, generate
 from cvae.train import fit
 from experiments.errors import SpecError
 from experiments.spec import group_label, load_spec, train_config, trial_plan
+from variants import VARIANTS, parse_variants
 
 TOLERANCE_DB = 0.3
-SETTINGS = {
-    "plain": dict(channels_last=False, fused_optimizer=False, compile=False, cuda_graphs=False, bf16=False),
-    "default": {},
-    "+bf16": dict(bf16=True),
-    "+compile": dict(compile=True),
-    "+cuda_graphs": dict(cuda_graphs=True),
-    "+all": dict(bf16=True, compile=True, cuda_graphs=True),
-}
-DEFAULT_SETTINGS = {"cpu": "plain,default,+bf16", "cuda": "plain,default,+bf16,+all"}
+DEFAULT_SETTINGS = {"cpu": "plain,ours,+bf16", "cuda": "plain,ours,+bf16,+all"}
 QUICK = dict(num_epoch=2, partial=1.0, val_vi_len=20)  # on the --small data set, 2 trials
 
 
@@ -50,16 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", nargs="?", default="sweeps/quick.yaml")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--settings", default=None,
-                        help=f"comma-separated from {', '.join(SETTINGS)} "
+                        help=f"comma-separated from {', '.join(VARIANTS)} "
                              f"(default {DEFAULT_SETTINGS['cpu']} on the CPU, {DEFAULT_SETTINGS['cuda']} on CUDA)")
     parser.add_argument("--quick", action="store_true", help="2 trials of 2 epochs on a tiny data set: for CI")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
-    settings = (args.settings or DEFAULT_SETTINGS[args.device]).split(",")
-    unknown = [name for name in settings if name not in SETTINGS]
-    if unknown or "plain" not in settings:
-        what = f"unknown {unknown[0]!r}" if unknown else "must include plain, the reference"
-        print(f"error: --settings: {what}; choose from {', '.join(SETTINGS)}", file=sys.stderr)
+    try:
+        settings = parse_variants(args.settings or DEFAULT_SETTINGS[args.device], "--settings")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if "plain" not in settings:
+        print(f"error: --settings: {','.join(settings)} lacks plain, the reference to compare with", file=sys.stderr)
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
@@ -91,7 +87,7 @@ def run_plan(spec, plan, settings: list[str], device: str, tmp: Path, data_root:
         data = load_video_data(base)
         row = {"configuration": group_label(overrides), "seed": seed}
         for setting in settings:
-            cfg = base.replace(save_root=str(tmp / f"trial{index}" / setting), **SETTINGS[setting])
+            cfg = base.replace(save_root=str(tmp / f"trial{index}" / setting), **VARIANTS[setting])
             row[setting] = fit(cfg, data, progress=False).best_val_psnr
             runs.update()
         rows.append(row)

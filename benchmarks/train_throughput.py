@@ -8,8 +8,8 @@ DataLoader rebuilt every epoch that decodes PNGs for every clip, one time step a
 a host sync (`loss.item()`) after every step, and pose features computed one frame at a time in
 the rollout. Ours: the uint8 frame cache in device memory, teacher-forced steps batched over time,
 channels_last, the fused optimizer on CUDA, no host sync inside the loop: TrainConfig's defaults.
-The variants switch on the optimisations that are off by default (bf16, torch.compile, CUDA graphs
-for the rollout), one at a time or all together. Every measurement runs in its own spawned process
+The variants (benchmarks/variants.py) switch on the optimisations that are off by default (bf16,
+torch.compile, CUDA graphs for the rollout), one at a time or all together, or all off ("plain"). Every measurement runs in its own spawned process
 so peak memory is that path's alone. `--profile` prints the PyTorch profiler's busiest operators
 for each path's training steps.
 """
@@ -34,6 +34,7 @@ from cvae.model import VideoCVAE
 from cvae.schedules import make_optimizer
 from cvae.synthetic import generate
 from cvae.train import build_model, kl_divergence, to_unit, train_step, validate
+from variants import VARIANTS, parse_variants
 
 PRESETS = {
     "lab": dict(F_dim=128, L_dim=32, N_dim=12, D_out_dim=192),
@@ -43,14 +44,6 @@ PRESETS = {
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
 LAB_BATCH_SIZE = 2
 LAB_STYLE = "lab-style"
-# our path's TrainConfig overrides by name; "ours" is the defaults
-VARIANTS = {
-    "ours": {},
-    "+bf16": dict(bf16=True),
-    "+compile": dict(compile=True),
-    "+cuda_graphs": dict(cuda_graphs=True),
-    "+all": dict(bf16=True, compile=True, cuda_graphs=True),
-}
 DEFAULT_VARIANTS = {"cpu": "ours", "cuda": "ours,+bf16,+compile,+cuda_graphs,+all"}
 DEFAULT_BATCH_SIZES = {"cpu": "4,16", "cuda": "16,64"}
 PROFILE_ROWS = 12
@@ -88,15 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
-    variants = (args.variants or DEFAULT_VARIANTS[args.device]).split(",")
-    unknown = [name for name in variants if name not in VARIANTS]
-    if unknown:
-        print(f"error: --variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
-        return 2
     try:
+        variants = parse_variants(args.variants or DEFAULT_VARIANTS[args.device], "--variants")
         batch_sizes = [int(size) for size in (args.batch_size or DEFAULT_BATCH_SIZES[args.device]).split(",")]
-    except ValueError:
-        print(f"error: --batch-size: expected integers like 4,16, got {args.batch_size!r}", file=sys.stderr)
+    except ValueError as err:
+        what = err if "--variants" in str(err) else f"--batch-size: expected integers like 4,16, got {args.batch_size!r}"
+        print(f"error: {what}", file=sys.stderr)
         return 2
     preset = args.preset or ("small" if args.quick else "both")
     presets = list(PRESETS) if preset == "both" else [preset]
@@ -121,7 +111,7 @@ def measure(preset: str, path: str, batch_size: int, steps: int, rollout_frames:
             device_name: str, profile: bool) -> Measurement:
     device = torch.device(device_name)
     ours = path != LAB_STYLE
-    options = VARIANTS[path] if ours else dict(channels_last=False, fused_optimizer=False)
+    options = VARIANTS[path if ours else "plain"]
     cfg = TrainConfig(DR=root, batch_size=batch_size, val_vi_len=rollout_frames, device=device_name,
                       **options, **PRESETS[preset])
     data = load_video_data(cfg)

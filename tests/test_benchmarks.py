@@ -39,7 +39,7 @@ def test_quality_check_quick_compares_every_setting_with_the_plain_path():
     report = json.loads(run_benchmark("quality_check.py", "--quick", "--json", "--device", "cpu"))
     assert [(row["configuration"], row["seed"]) for row in report["trials"]] == [
         ("kl_anneal_type=Cyclical", 1), ("kl_anneal_type=Monotonic", 1)]
-    assert list(report["summary"]) == ["plain", "default", "+bf16"]
+    assert list(report["summary"]) == ["plain", "ours", "+bf16"]
     plain = report["summary"]["plain"]
     assert plain["best_minus_plain_db"] == 0 and plain["largest_trial_difference_db"] == 0
     for setting, figures in report["summary"].items():

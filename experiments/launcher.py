@@ -2,7 +2,8 @@
 
 Everything shared is made before the first worker starts (data decoded once, the study's queue, the
 MLflow experiment and parent run), so workers only ever read it. The launcher then watches the study
-every POLL_S seconds for its progress bar and for failed trials to report. It never initialises CUDA.
+every POLL_S seconds for its progress bar and for failed trials to report. It never initialises CUDA:
+`trials_per_gpu: auto` is measured in a process of its own (`experiments.gpu_memory`).
 
 Interrupted (Ctrl-C, SIGTERM), it has its workers fail their running trials and close their MLflow
 runs, kills any that do not stop, and says how to resume; the next launch of the same spec runs those
@@ -37,8 +38,10 @@ from cvae.config import TrainConfig
 from cvae.data import load_video_data
 from cvae.synthetic import ensure_dataset
 from experiments.errors import SpecError, SweepError
+from experiments.gpu_memory import auto_trials_per_gpu
 from experiments.objective import DATA_FIELDS
-from experiments.spec import DEFAULT_TRACKING_URI, URL, SweepSpec, group_key, group_label, train_config, trial_plan
+from experiments.spec import (DEFAULT_TRACKING_URI, URL, Execution, SweepSpec, group_key, group_label, train_config,
+                              trial_plan)
 from experiments.study import (Progress, fail_running, launch_id, open_study, progress, start_launch,
                                summary_table, sweep_id)
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
@@ -121,6 +124,8 @@ def describe_plan(spec: SweepSpec) -> str:
 
 def describe_slots(spec: SweepSpec) -> str:
     gpus = resolve_gpus(spec.execution)
+    if gpus and spec.execution.trials_per_gpu == "auto":
+        return f"auto (measured at launch) per GPU on GPUs {gpus}"
     if gpus:
         return f"{len(gpus) * spec.execution.trials_per_gpu} on GPUs {gpus} ({spec.execution.trials_per_gpu} per GPU)"
     return f"{spec.execution.cpu_workers} on the CPU (no GPU)"
@@ -171,12 +176,14 @@ def launch(spec: SweepSpec) -> Outcome:
              before.total, share.budget)
     if share.budget == 0:
         return Outcome(spec, before, summary_table(spec, study), (), False, None, time.perf_counter() - started)
+    gpus = resolve_gpus(spec.execution)
+    execution = sized_execution(spec, gpus)  # before the parent run, so a failed measurement leaves none open
     parent = open_parent_run(spec.tracking_uri, spec.name, sweep_id(study), tags=_parent_tags(spec),
                              spec_text=_spec_text(spec))
     if close_orphans(parent, "its worker stopped before the trial ended", running=lambda: [
             trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]):
         log.info("MLflow: closed the runs an earlier launch left RUNNING")
-    slots = worker_gpus(spec.execution, resolve_gpus(spec.execution))[:share.budget]
+    slots = worker_gpus(execution, gpus)[:share.budget]
     runs_dir = (RUNS_DIR / spec.name).resolve()
     threads = max(1, cpu_count() // len(slots))
     jobs = [WorkerJob(spec, str(runs_dir), parent, share, slot, gpu, threads, os.getpid())
@@ -205,6 +212,15 @@ def launch(spec: SweepSpec) -> Outcome:
     finish_parent(parent, complete=after.done >= after.total, interrupted=interrupted,
                   summary_csv=table.to_csv(index=False))
     return Outcome(spec, after, table, tuple(watcher.failed), interrupted, parent, time.perf_counter() - started)
+
+
+def sized_execution(spec: SweepSpec, gpus: list[int]) -> Execution:
+    """The spec's execution with trials_per_gpu "auto" measured on `gpus` (on the CPU, cpu_workers counts)."""
+    if spec.execution.trials_per_gpu != "auto" or not gpus:
+        return spec.execution
+    per_gpu, sizing = auto_trials_per_gpu(spec, gpus)
+    log.info("%s", sizing)
+    return dataclasses.replace(spec.execution, trials_per_gpu=per_gpu)
 
 
 def check_data(spec: SweepSpec) -> None:

@@ -17,7 +17,7 @@ A spec (every key but `name` optional)::
     pruner: none                   # none | median | hyperband, or {type: median, n_warmup_steps: 10}
     n_trials: 24                   # required unless grid
     objective: {metric: val_psnr, direction: maximize}   # or best_val_psnr, train_loss, ...
-    execution: {gpus: auto, trials_per_gpu: 1, cpu_workers: 1}
+    execution: {gpus: auto, trials_per_gpu: 1, cpu_workers: 1}   # trials_per_gpu: auto = as many as fit
     storage: runs/<name>/optuna.journal    # a journal file, or an SQLAlchemy URL
     mlflow: {tracking_uri: "sqlite:///mlflow.db"}
 
@@ -28,7 +28,8 @@ sweep (tpe, random, qmc) runs n_trials trials, each one sampled configuration wi
 is not a dimension the sampler sees (TPE would learn which seed is lucky) but `seeds` cycled by trial
 number, so replicates stay balanced. How a plan becomes an Optuna study is `experiments.study`.
 
-The parser never touches CUDA: `execution.gpus: auto` stays "auto" until `workers.resolve_gpus`.
+The parser never touches CUDA: `execution.gpus: auto` stays "auto" until `workers.resolve_gpus`, and
+`execution.trials_per_gpu: auto` until the launch measures a trial's memory (`experiments.gpu_memory`).
 """
 from __future__ import annotations
 
@@ -89,10 +90,14 @@ class Parameter:
 
 @dataclass(frozen=True)
 class Execution:
-    """Where trials run: GPU indices (nvidia-smi's numbering) or "auto", and workers per device."""
+    """Where trials run: GPU indices (nvidia-smi's numbering) or "auto", and workers per device.
+
+    trials_per_gpu "auto" is sized at launch from a measured trial's peak memory; on the CPU,
+    cpu_workers counts alone.
+    """
 
     gpus: tuple[int, ...] | str = "auto"
-    trials_per_gpu: int = 1
+    trials_per_gpu: int | str = 1
     cpu_workers: int = 1
 
 
@@ -509,9 +514,12 @@ def _parse_execution(r: _Reader, raw: Any) -> Execution:
         gpus = tuple(r.integer(g, f"execution.gpus[{i}]", 0) for i, g in enumerate(gpus))
         if len(set(gpus)) != len(gpus):
             r.fail("execution.gpus", f"{list(gpus)} repeats a GPU (use trials_per_gpu to share one)")
+    per_gpu = execution.get("trials_per_gpu", 1)
+    if per_gpu != "auto" and (isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1):
+        r.fail("execution.trials_per_gpu", f"expected auto or an integer >= 1, got {show(per_gpu)}")
     return Execution(
         gpus=gpus,
-        trials_per_gpu=r.integer(execution.get("trials_per_gpu", 1), "execution.trials_per_gpu", 1),
+        trials_per_gpu=per_gpu,
         cpu_workers=r.integer(execution.get("cpu_workers", 1), "execution.cpu_workers", 1),
     )
 

@@ -164,7 +164,10 @@ def resolve_gpus(execution: Execution) -> list[int]:
 
 
 def worker_gpus(execution: Execution, gpus: list[int]) -> list[int | None]:
-    """One entry per worker slot: its GPU, round-robin so a short queue spreads over GPUs; None = CPU."""
+    """One entry per worker slot: its GPU, round-robin so a short queue spreads over GPUs; None = CPU.
+
+    With GPUs, trials_per_gpu must be a number: the launcher sizes "auto" first (`launcher.sized_execution`).
+    """
     if not gpus:
         return [None] * execution.cpu_workers
     return [gpus[i % len(gpus)] for i in range(len(gpus) * execution.trials_per_gpu)]

@@ -202,6 +202,12 @@ BAD_SPECS = {
                        "objective.metric: unknown 'val_fid' (one of " + ", ".join(METRICS) + ")"),
     "bad gpus": ("name: x\nexecution: {gpus: [0, 0]}\n", "execution.gpus: [0, 0] repeats a GPU"),
     "unknown execution key": ("name: x\nexecution: {gpu: [0]}\n", "execution.gpu: unknown key (did you mean gpus?)"),
+    "zero trials per GPU": ("name: x\nexecution: {trials_per_gpu: 0}\n",
+                            "execution.trials_per_gpu: expected auto or an integer >= 1, got 0"),
+    "trials per GPU a word": ("name: x\nexecution: {trials_per_gpu: Auto}\n",
+                              "execution.trials_per_gpu: expected auto or an integer >= 1, got 'Auto'"),
+    "trials per GPU a bool": ("name: x\nexecution: {trials_per_gpu: true}\n",
+                              "execution.trials_per_gpu: expected auto or an integer >= 1, got True"),
     "duplicate key": ("name: x\nseeds: [1]\nseeds: [2]\n", "not valid YAML (line 3, column 1: key 'seeds' given twice)"),
     "invalid YAML": ("name: x\nparameters: [unclosed\n", "not valid YAML (line 3, column 1:"),
     "bad date": ("name: x\nbase: {DR: 2020-13-45}\n", "not valid YAML (month must be in 1..12)"),
@@ -235,6 +241,11 @@ def test_defaults(tmp_path, monkeypatch):
     assert trial_plan(spec) == [({}, 1)]
     assert isinstance(make_storage(spec), optuna.storages.JournalStorage)
     assert (tmp_path / "runs" / "plain").is_dir()
+
+
+def test_trials_per_gpu_is_a_number_or_auto(tmp_path):
+    assert load_spec(write(tmp_path, "name: x\nexecution: {trials_per_gpu: auto}\n")).execution.trials_per_gpu == "auto"
+    assert load_spec(write(tmp_path, "name: x\nexecution: {trials_per_gpu: 3}\n")).execution.trials_per_gpu == 3
 
 
 def test_plan_is_seed_major_and_n_trials_keeps_its_head(tmp_path):

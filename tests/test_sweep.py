@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import signal
 import subprocess
@@ -264,3 +265,36 @@ def test_dry_run_prints_the_plan_and_its_count(capsys):
     assert "workers: 1 on the CPU (no GPU)" in out
     rows = [line for line in out.splitlines() if "kl_anneal_type=" in line]
     assert len(rows) == 21 and rows[0].split()[0] == "0" and rows[-1].split()[-1] == "3"
+
+
+def test_dry_run_leaves_trials_per_gpu_auto_to_the_launch(tmp_path, capsys):
+    spec = tmp_path / "x.yaml"
+    spec.write_text("name: x\nexecution: {gpus: [0, 1], trials_per_gpu: auto}\n")
+    assert load_script().main([str(spec), "--dry-run"]) == 0
+    assert "workers: auto (measured at launch) per GPU on GPUs [0, 1]" in capsys.readouterr().out
+
+
+def auto_spec(folder: Path, data: Path) -> Path:
+    path = folder / "auto.yaml"
+    path.write_text(f"name: auto\nbase: {TINY}num_epoch: 1, DR: \"{data}\"}}\n"
+                    "parameters: {kl_anneal_type: [Cyclical, None]}\nseeds: [1, 2]\n"
+                    "execution: {gpus: [0], trials_per_gpu: auto}\n")
+    return path
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the failure without a GPU")
+def test_trials_per_gpu_auto_without_a_gpu_stops_the_launch_in_one_line(small_dataset, tmp_path, capsys,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_script().main([str(auto_spec(tmp_path, small_dataset))]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the data's progress bars
+    assert last.startswith("error: execution.trials_per_gpu: auto"), last
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trials_per_gpu_auto_measures_a_trial_then_runs_the_sweep(small_dataset, tmp_path, monkeypatch, caplog):
+    with caplog.at_level(logging.INFO, logger="experiments"):
+        outcome = run_launch(tmp_path, auto_spec(tmp_path, small_dataset), monkeypatch)
+    assert (outcome.progress.done, outcome.exit_code) == (4, 0)
+    sizing = [record.message for record in caplog.records if record.message.startswith("trials_per_gpu auto:")]
+    assert len(sizing) == 1 and " free on GPU 0 -> " in sizing[0], sizing

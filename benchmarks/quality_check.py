@@ -1,6 +1,6 @@
 """Does speed cost quality? Every trial of a sweep spec trained with and without the speed options.
 
-    python benchmarks/quality_check.py [SPEC] [--device cpu|cuda] [--settings plain,ours,+bf16,...]
+    python benchmarks/quality_check.py [SPEC] [--device cpu|cuda] [--settings plain,ours,fp32,...]
                                        [--quick] [--json]
 
 SPEC defaults to sweeps/quick.yaml. Each (configuration, seed) of its plan is trained by `fit`
@@ -8,7 +8,8 @@ directly (no Optuna, no MLflow) once per setting:
 
     plain     the unoptimised path: fp32, NCHW, no fused optimizer, no compile, no CUDA graphs
     ours      TrainConfig's defaults, what a sweep runs unless its spec says otherwise
-    +bf16, +compile, +cuda_graphs, +all    the defaults with the options that are off by default
+    fp32      the defaults without bf16 autocast: ours against fp32 is the bf16 check
+    +compile, +cuda_graphs, +all    the defaults with the options that are off by default
 
 (benchmarks/variants.py)
 and the script prints every trial's best validation PSNR per setting, then the sweep's best per
@@ -35,7 +36,7 @@ from experiments.spec import group_label, load_spec, train_config, trial_plan
 from variants import VARIANTS, parse_variants
 
 TOLERANCE_DB = 0.3
-DEFAULT_SETTINGS = {"cpu": "plain,ours,+bf16", "cuda": "plain,ours,+bf16,+all"}
+DEFAULT_SETTINGS = {"cpu": "plain,ours,fp32", "cuda": "plain,ours,fp32,+all"}
 QUICK = dict(num_epoch=2, partial=1.0, val_vi_len=20)  # on the --small data set, 2 trials
 
 

@@ -1,15 +1,17 @@
 """Training and rollout speed of our trainer next to a lab-style baseline, in one process each.
 
     python benchmarks/train_throughput.py [--device cpu|cuda] [--preset lab|small] [--batch-size N[,N...]]
-                                          [--variants ours,+bf16,...] [--steps N] [--profile] [--quick] [--json]
+                                          [--variants ours,fp32,...] [--steps N] [--profile] [--quick] [--json]
 
 The lab-style path is the lab code's way of running the same model: fp32, NCHW, batch 2, a
 DataLoader rebuilt every epoch that decodes PNGs for every clip, one time step after another,
 a host sync (`loss.item()`) after every step, and pose features computed one frame at a time in
 the rollout. Ours: the uint8 frame cache in device memory, teacher-forced steps batched over time,
-channels_last, the fused optimizer on CUDA, no host sync inside the loop: TrainConfig's defaults.
-The variants (benchmarks/variants.py) switch on the optimisations that are off by default (bf16,
-torch.compile, CUDA graphs for the rollout), one at a time or all together, or all off ("plain"). Every measurement runs in its own spawned process
+channels_last, bf16 autocast where the device has bf16 units, the fused optimizer on CUDA, no host
+sync inside the loop: TrainConfig's defaults.
+The variants (benchmarks/variants.py) switch on the optimisations that are off by default
+(torch.compile, CUDA graphs for the rollout), one at a time or together, switch bf16 off ("fp32"),
+or switch everything off ("plain"). Every measurement runs in its own spawned process
 so peak memory is that path's alone. `--profile` prints the PyTorch profiler's busiest operators
 for each path's training steps.
 """
@@ -44,7 +46,7 @@ PRESETS = {
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
 LAB_BATCH_SIZE = 2
 LAB_STYLE = "lab-style"
-DEFAULT_VARIANTS = {"cpu": "ours", "cuda": "ours,+bf16,+compile,+cuda_graphs,+all"}
+DEFAULT_VARIANTS = {"cpu": "ours,fp32", "cuda": "ours,fp32,+compile,+cuda_graphs,+all"}
 DEFAULT_BATCH_SIZES = {"cpu": "4,16", "cuda": "16,64"}
 PROFILE_ROWS = 12
 

@@ -61,7 +61,7 @@ class TrainConfig:
     device: str = "auto"
     # speed: each switchable, numerically checked against the plain fp32 path (benchmarks/quality_check.py)
     channels_last: bool = True  # NHWC makes the 1x1 convs plain matrix products: faster on CPU and GPU
-    bf16: bool = False  # bf16 autocast over fp32 weights; slower than fp32 on a CPU without bf16 units
+    bf16: bool = True  # bf16 autocast over fp32 weights where the device has bf16 units (cvae.train.native_bf16)
     fused_optimizer: bool = True  # one fused Adam(W) kernel on CUDA; on the CPU the default loop was faster
     compile: bool = False  # torch.compile each module: slower on the CPU, and its compile time outweighs short trials
     cuda_graphs: bool = False  # replay the validation rollout's step as a CUDA graph (CUDA only)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -151,10 +152,22 @@ def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def autocast(cfg: TrainConfig, device: torch.device, weight_cache: bool = True):
-    """bf16 autocast where cfg.bf16 asks for it; parameters and the optimizer stay fp32."""
-    if cfg.bf16:
+    """bf16 autocast where cfg.bf16 asks for it and the device has bf16 units; weights and optimizer stay fp32."""
+    if cfg.bf16 and native_bf16(device.type):
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=weight_cache)
     return contextlib.nullcontext()
+
+
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether this machine's `device_type` computes bf16 in hardware, where bf16 autocast is the faster path.
+
+    CUDA: compute capability 8.0 or later. CPU: AVX512-BF16 or AMX instructions (torch's own
+    probes; elsewhere bf16 is emulated and slower than fp32, so cfg.bf16 leaves such a run in fp32).
+    """
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> VideoCVAE:
@@ -199,6 +212,7 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
     ckpt_dir = Path(cfg.save_root) / "checkpoints"
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, device)
+    log.info("bf16 autocast %s on %s", "on" if cfg.bf16 and native_bf16(device.type) else "off", device)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_lr_scheduler(cfg, optimizer)
     data_rng = torch.Generator().manual_seed(cfg.seed)  # clip order and teacher-forcing draws

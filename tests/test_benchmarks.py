@@ -18,8 +18,8 @@ def run_benchmark(script: str, *args: str) -> str:
 @pytest.mark.slow
 def test_train_throughput_quick_prints_well_formed_json():
     results = json.loads(run_benchmark("train_throughput.py", "--quick", "--json", "--device", "cpu"))
-    assert [(r["preset"], r["path"], r["batch_size"]) for r in results] == [("small", "ours", 4),
-                                                                              ("small", "lab-style", 2)]
+    assert [(r["preset"], r["path"], r["batch_size"]) for r in results] == [
+        ("small", "ours", 4), ("small", "fp32", 4), ("small", "lab-style", 2)]
     for r in results:
         assert r["train_frames_per_s"] > 0 and r["rollout_seconds"] > 0 and r["model_tflops"] > 0
         assert r["rollout_frames"] == 40 and r["peak_host_mb"] > 0 and r["device_peak_tflops"] is None
@@ -39,7 +39,7 @@ def test_quality_check_quick_compares_every_setting_with_the_plain_path():
     report = json.loads(run_benchmark("quality_check.py", "--quick", "--json", "--device", "cpu"))
     assert [(row["configuration"], row["seed"]) for row in report["trials"]] == [
         ("kl_anneal_type=Cyclical", 1), ("kl_anneal_type=Monotonic", 1)]
-    assert list(report["summary"]) == ["plain", "ours", "+bf16"]
+    assert list(report["summary"]) == ["plain", "ours", "fp32"]
     plain = report["summary"]["plain"]
     assert plain["best_minus_plain_db"] == 0 and plain["largest_trial_difference_db"] == 0
     for setting, figures in report["summary"].items():

@@ -54,11 +54,11 @@ def sizes(configs) -> list[tuple]:
 
 def test_a_grid_measures_only_the_configurations_no_other_outgrows():
     spec = parse_spec({"name": "x", "parameters": {"batch_size": [2, 16], "kl_anneal_type": ["Cyclical", "None"]}})
-    assert sizes(largest_configs(spec)) == [(16, 128, False)]
+    assert sizes(largest_configs(spec)) == [(16, 128, True)]
     spec = parse_spec({"name": "x", "parameters": {"batch_size": [2, 4], "bf16": [True, False]}})
     assert sizes(largest_configs(spec)) == [(4, 128, True), (4, 128, False)]  # bf16 is a kind, not a size
     spec = parse_spec({"name": "x", "grid": [{"F_dim": 256, "batch_size": 2}, {"F_dim": 64, "batch_size": [4, 8]}]})
-    assert sizes(largest_configs(spec)) == [(2, 256, False), (8, 64, False)]  # neither is smaller in every size
+    assert sizes(largest_configs(spec)) == [(2, 256, True), (8, 64, True)]  # neither is smaller in every size
 
 
 def test_a_sampled_sweep_measures_its_distributions_at_their_max():
@@ -66,13 +66,13 @@ def test_a_sampled_sweep_measures_its_distributions_at_their_max():
         "batch_size": {"distribution": "int_uniform", "min": 2, "max": 12, "q": 2},
         "F_dim": {"values": [64, 128]},
         "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}}})
-    assert sizes(largest_configs(spec)) == [(12, 128, False)]
+    assert sizes(largest_configs(spec)) == [(12, 128, True)]
 
 
 def test_shipped_specs():
-    assert sizes(largest_configs(load_spec(SWEEPS / "lab_experiments.yaml"))) == [(16, 128, False)]
-    assert sizes(largest_configs(load_spec(SWEEPS / "kl_ablation.yaml"))) == [(2, 128, False)]
-    assert sizes(largest_configs(load_spec(SWEEPS / "lr_schedule.yaml"))) == [(2, 128, False)]
+    assert sizes(largest_configs(load_spec(SWEEPS / "lab_experiments.yaml"))) == [(16, 128, True)]
+    assert sizes(largest_configs(load_spec(SWEEPS / "kl_ablation.yaml"))) == [(2, 128, True)]
+    assert sizes(largest_configs(load_spec(SWEEPS / "lr_schedule.yaml"))) == [(2, 128, True)]
 
 
 # ---------------------------------------------------------------- free memory and the measurement

@@ -17,11 +17,13 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 from cvae.synthetic import generate
+from experiments.errors import SpecError, SweepError
 from experiments.launcher import configure, launch, parse_gpus
 from experiments.spec import parse_spec
 
@@ -38,10 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     concurrencies = [1, 2] if args.quick else [int(c) for c in args.trials_per_gpu.split(",")]
     trials, epochs = (2, 1) if args.quick else (args.trials, 2)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = generate(Path(tmp) / "data", seed=0, small=True)
-        rows = [measure(Path(tmp), data, parse_gpus(args.gpus), concurrency, trials, epochs)
-                for concurrency in concurrencies]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = generate(Path(tmp) / "data", seed=0, small=True)
+            rows = [measure(Path(tmp), data, parse_gpus(args.gpus), concurrency, trials, epochs)
+                    for concurrency in concurrencies]
+    except (SpecError, SweepError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,12 @@ def test_benchmarks_refuse_unknown_options_in_one_line():
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2
         assert done.stderr.strip().count("\n") == 0 and "'+turbo'" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="GPU 0 exists here")
+def test_sweep_throughput_on_a_missing_gpu_says_so_in_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_throughput.py"), "--gpus", "0", "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: execution.gpus: the worker for GPU 0 sees 0")
+    assert "Traceback" not in done.stderr

@@ -32,7 +32,7 @@ def captured(step: Step, *examples: torch.Tensor) -> Step:
                 step(*inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):  # the warm-up's stream: its library handles already exist
             output = step(*inputs)
     except RuntimeError as err:  # e.g. an op that cannot be captured: the eager step gives the same frames
         log.warning("CUDA graph capture of the rollout step failed, running it eagerly: %s",

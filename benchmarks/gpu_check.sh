@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/README.md in one run, on a machine with one NVIDIA GPU:
 #
-#     bash benchmarks/gpu_check.sh [RESULTS_DIR]        (about 10 minutes on an H100-class GPU)
+#     bash benchmarks/gpu_check.sh [RESULTS_DIR]        (not yet timed on a GPU: the steps run most important first)
 #
 # 1. the CUDA-only tests (CUDA-graph rollout == eager rollout, fused optimizer, trial memory probe);
 # 2. training frames/s and the 630-frame rollout, lab-size model, every speed variant vs the lab-style path,

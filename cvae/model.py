@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cvae.config import TrainConfig
+from cvae.graphs import captured
 
 NEGATIVE_SLOPE = 0.01
 LOGIT_EPS = 1e-3  # keeps logit(prev_frame) finite for black and white pixels
@@ -171,9 +172,11 @@ class VideoCVAE(nn.Module):
 
         first_frame (B, 3, H, W) float in [0, 1]; poses (B, T, 3, H, W) float, pose 0 unused.
         Returns (B, T, 3, H, W) float32: frame 0 is `first_frame`, each later frame is fed back.
-        With `cuda_graph` (CUDA only) the step runs as one captured graph replayed T-1 times;
-        z is drawn outside it, so both ways draw the same noise.
+        With `cuda_graph` (CUDA tensors only) the step runs as one captured graph replayed T-1
+        times; z is drawn outside it, one step at a time, so both ways draw the same noise.
         """
+        if cuda_graph and not first_frame.is_cuda:
+            raise ValueError(f"rollout: cuda_graph needs CUDA tensors, got them on {first_frame.device}")
         batch, length = poses.shape[:2]
         pose_feats = torch.cat([  # all pose features at once: they do not depend on the rollout
             self.label_transformation(chunk)
@@ -181,14 +184,12 @@ class VideoCVAE(nn.Module):
         ]).unflatten(0, (batch, length - 1))  # (B, T-1, L, H, W)
         video = torch.empty(poses.shape, device=poses.device, dtype=torch.float32)  # (B, T, 3, H, W)
         video[:, 0] = first_frame
-        step = self.step
-        if cuda_graph:
-            from cvae.graphs import captured  # CUDA only: kept out of the CPU import path
-
-            z_like = torch.zeros((batch, self.N_dim, *first_frame.shape[2:]), device=first_frame.device)
-            step = captured(self.step, first_frame, pose_feats[:, 0], z_like)
+        z = self.sample_prior(first_frame, generator)  # (B, N, H, W) for frame 1
+        step = captured(self.step, first_frame, pose_feats[:, 0], z) if cuda_graph else self.step
         for t in range(1, length):
-            video[:, t] = step(video[:, t - 1], pose_feats[:, t - 1], self.sample_prior(first_frame, generator))
+            video[:, t] = step(video[:, t - 1], pose_feats[:, t - 1], z)
+            if t + 1 < length:
+                z = self.sample_prior(first_frame, generator)
         return video
 
 

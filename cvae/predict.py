@@ -21,7 +21,7 @@ from cvae.data import TestSequence, load_frames, load_test_sequences
 from cvae.errors import CVAEError, DataError
 from cvae.metrics import psnr, save_psnr_csv
 from cvae.model import VideoCVAE
-from cvae.train import memory_format, resolve_device, sample_rollouts, to_unit
+from cvae.train import build_model, resolve_device, sample_rollouts, to_unit
 from cvae.video import save_gif, side_by_side, to_uint8
 
 SPLITS = ("test", "val")
@@ -105,10 +105,11 @@ def load_model(path: str | Path, device: str | None = None) -> tuple[VideoCVAE, 
         source = "--device" if device is not None else f"the config of checkpoint {path}"
         raise CVAEError(f"device {cfg.device!r} (from {source}) needs CUDA, which is not available here; "
                         f"pass --device cpu")
-    model = VideoCVAE(cfg)
+    # the model as the trainer built it (memory format, compiled modules): each rounds its own way,
+    # and the validation PSNR must match the trainer's
+    model = build_model(cfg, target)
     checkpoint.load_weights(model, state, path)
-    # the trainer's memory format too: convolutions may round differently in NHWC, and val PSNR must match
-    return model.to(target, memory_format=memory_format(cfg)).eval(), cfg
+    return model.eval(), cfg
 
 
 def load_sequences(root: Path, split: str, cfg: TrainConfig) -> dict[str, TestSequence]:

@@ -125,7 +125,8 @@ def sample_rollouts(model: VideoCVAE, first_frame: torch.Tensor, labels: torch.T
     start = to_unit(first_frame.to(device)).unsqueeze(0)  # (1, 3, H, W)
     poses = to_unit(labels.to(device)).unsqueeze(0)  # (1, T, 3, H, W)
     cuda_graph = cfg.cuda_graphs and device.type == "cuda"
-    with autocast(cfg, device, weight_cache=not cuda_graph):  # a graph must not keep cast weights that autocast frees
+    # a graph must not keep cast weights that autocast frees when it exits
+    with compile_fallback(cfg), autocast(cfg, device, weight_cache=not cuda_graph):
         videos = [model.rollout(start, poses, generator, cuda_graph=cuda_graph)[0] for _ in range(samples)]
     return torch.stack(videos)  # (K, T, 3, H, W)
 
@@ -153,9 +154,19 @@ def to_unit(frames_uint8: torch.Tensor) -> torch.Tensor:
 
 def autocast(cfg: TrainConfig, device: torch.device, weight_cache: bool = True):
     """bf16 autocast where cfg.bf16 asks for it and the device has bf16 units; weights and optimizer stay fp32."""
-    if cfg.bf16 and native_bf16(device.type):
+    if uses_bf16(cfg, device):
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=weight_cache)
     return contextlib.nullcontext()
+
+
+def uses_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether a run of `cfg` on `device` computes in bf16: cfg.bf16 asks, and the hardware has it."""
+    return cfg.bf16 and native_bf16(device.type)
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> str:
+    """"bf16" or "fp32": what a run of `cfg` on `device` computes in, recorded with every run."""
+    return "bf16" if uses_bf16(cfg, device) else "fp32"
 
 
 @functools.cache
@@ -182,19 +193,24 @@ def compile_modules(model: VideoCVAE) -> None:
     """torch.compile each of the five modules in place; the state dict keeps its keys.
 
     Each module is one graph (the noise comes in as an argument), reused by the batched
-    teacher-forced pass, the free-running steps and the rollout. Where compilation fails
-    (no C++ compiler, an unsupported op), dynamo logs the error and runs that module eagerly.
+    teacher-forced pass, the free-running steps and the rollout. Compilation happens at the first
+    call, under `compile_fallback`.
     """
-    torch._dynamo.config.suppress_errors = True  # the fallback: eager execution, never a failed run
     for module in (model.frame_transformation, model.label_transformation, model.Gaussian_Predictor,
                    model.Decoder_Fusion, model.Generator):
         module.compile()
 
 
+def compile_fallback(cfg: TrainConfig):
+    """Where cfg.compile asks: a module whose compilation fails (no C++ compiler, an unsupported op)
+    runs eagerly, dynamo logging why, instead of failing the run."""
+    return torch._dynamo.config.patch(suppress_errors=True) if cfg.compile else contextlib.nullcontext()
+
+
 def train_step(model: VideoCVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                teacher_forced: bool, beta: float, noise_rng: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
     """One optimizer step on a batch of clips (B, T, 3, H, W) uint8; returns (loss, recon, kl) without a host sync."""
-    with autocast(cfg, images.device):
+    with compile_fallback(cfg), autocast(cfg, images.device):
         recon, kl = clip_losses(model, to_unit(images), to_unit(labels), teacher_forced, noise_rng)
     loss = recon + beta * kl
     optimizer.zero_grad(set_to_none=True)
@@ -212,7 +228,7 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
     ckpt_dir = Path(cfg.save_root) / "checkpoints"
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg, device)
-    log.info("bf16 autocast %s on %s", "on" if cfg.bf16 and native_bf16(device.type) else "off", device)
+    log.info("computing in %s on %s", precision(cfg, device), device)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_lr_scheduler(cfg, optimizer)
     data_rng = torch.Generator().manual_seed(cfg.seed)  # clip order and teacher-forcing draws
@@ -299,6 +315,7 @@ def _state(cfg, epoch, model, optimizer, scheduler, data_rng, noise_rng, history
         "data_rng": data_rng.get_state(),
         "noise_rng": noise_rng.get_state(),
         "history": [report.to_state() for report in history.epochs],
+        "precision": precision(cfg, next(model.parameters()).device),
     }
 
 

@@ -31,6 +31,7 @@ import torch
 
 from cvae.config import TrainConfig
 from cvae.data import load_video_data
+from cvae.errors import CVAEError
 from cvae.schedules import make_optimizer
 from cvae.train import build_model, train_step, validate
 from experiments.errors import SweepError, one_line
@@ -91,7 +92,7 @@ def measure_trial_peak(cfg: TrainConfig, gpu: int) -> int:
                          "(killed for host memory?); give trials_per_gpu as a number") from None
     except SweepError:
         raise
-    except Exception as err:  # noqa: BLE001 - whatever stopped the measurement, said in one line
+    except (RuntimeError, OSError, CVAEError) as err:  # CUDA, the data set: what a user can act on
         raise SweepError(f"execution.trials_per_gpu: auto: measuring a trial on GPU {gpu} failed "
                          f"({type(err).__name__}: {one_line(err)})") from None
 

@@ -30,7 +30,7 @@ from cvae.data import VideoData, load_video_data
 from cvae.errors import CVAEError
 from cvae.metrics import save_psnr_csv
 from cvae.predict import load_model
-from cvae.train import EpochReport, History, fit, resolve_device, sample_rollouts
+from cvae.train import EpochReport, History, fit, precision, resolve_device, sample_rollouts
 from cvae.video import save_gif, side_by_side, to_uint8
 from experiments.errors import one_line
 from experiments.spec import SweepSpec, group_key, group_label, train_config
@@ -71,7 +71,7 @@ class Objective:
                 "sweep.group_key": group_key(overrides), "sweep.group_label": group_label(overrides),
                 "sweep.seed": str(seed), "sweep.worker": str(self.worker),
                 "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu), "sweep.trial_dir": cfg.save_root,
-                "sweep.launch": self.launch}
+                "sweep.launch": self.launch, "sweep.precision": precision(cfg, resolve_device(cfg))}
         try:
             trial.set_user_attr("launch", self.launch)
             if self.spec.is_grid and (other := holder(trial.study, trial)) is not None:

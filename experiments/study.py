@@ -41,6 +41,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from cvae.config import TrainConfig
 from experiments.errors import SpecError, one_line, show
 from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group_label, trial_plan
 
@@ -318,14 +319,21 @@ def summary_table(spec: SweepSpec, study: optuna.Study) -> pd.DataFrame:
 
 
 def _check_base(spec: SweepSpec, study: optuna.Study) -> None:
-    stored = study.user_attrs.get("sweep_base")
-    base = json.loads(json.dumps(spec.base))
+    """Every trial of a study shares one base: the spec's base over TrainConfig's defaults when it started.
+
+    The defaults count too: an upgrade that changes one (bf16 on by default, say) would otherwise
+    mix trials of two kinds in one comparison.
+    """
+    stored = study.user_attrs.get("sweep_config")
+    base = json.loads(json.dumps({**TrainConfig().to_dict(), **spec.base}))
+    base.pop("seed")
     if stored is None:
-        study.set_user_attr("sweep_base", base)
+        study.set_user_attr("sweep_config", base)
     elif stored != base:
         changed = sorted(k for k in set(stored) | set(base) if stored.get(k) != base.get(k))
         raise SpecError(f"{spec.source}: base: study {spec.name!r} was run with another base "
-                        f"(differs at {', '.join(changed)}); give the sweep a new name")
+                        f"(differs at {', '.join(changed)}; a changed base, or a TrainConfig default changed "
+                        "since); give the sweep a new name")
 
 
 def _check_distributions(spec: SweepSpec, study: optuna.Study) -> None:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from cvae.config import TrainConfig
@@ -62,3 +63,9 @@ def test_untrained_generator_copies_the_previous_frame():
     generator = Generator(16, 3)
     prev_frame = torch.rand(2, 3, 8, 16) * 0.9 + 0.05
     assert torch.allclose(generator(torch.rand(2, 16, 8, 16), prev_frame), prev_frame, atol=1e-5)
+
+
+def test_a_cuda_graph_rollout_of_cpu_tensors_is_refused():
+    model = VideoCVAE(TrainConfig(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16)).eval()
+    with pytest.raises(ValueError, match="cuda_graph needs CUDA tensors, got them on cpu"):
+        model.rollout(torch.rand(1, 3, 8, 16), torch.rand(1, 3, 3, 8, 16), cuda_graph=True)

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from cvae.train import EpochReport, History
+from cvae.train import EpochReport, History, native_bf16
 from experiments import objective as objective_module
 from experiments.objective import Objective, describe_error, epoch_field, objective_value, trial_folder
 from experiments.spec import group_key, load_spec
@@ -50,6 +50,7 @@ def test_a_pruned_trial_stops_training_and_its_run_says_so(sampled):
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
     run = client.get_run(trial.user_attrs["mlflow_run_id"])
     assert (run.info.status, run.data.tags["sweep.status"]) == ("KILLED", "PRUNED")
+    assert run.data.tags["sweep.precision"] == ("bf16" if native_bf16("cpu") else "fp32")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")] == [0]
     assert trial.user_attrs["trial_dir"].endswith("runs/trials/trial0000")
 

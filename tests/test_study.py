@@ -165,7 +165,18 @@ def test_prepare_study_refuses_a_changed_base(tmp_path):
     prepare_study(spec, open_study(spec))
     path.write_text(path.read_text().replace("num_epoch: 2", "num_epoch: 5"))
     spec = load_spec(path)
-    with pytest.raises(SpecError, match=r"base: study 'small' was run with another base \(differs at num_epoch\)"):
+    with pytest.raises(SpecError, match=r"base: study 'small' was run with another base \(differs at num_epoch;"):
+        prepare_study(spec, open_study(spec))
+
+
+def test_prepare_study_refuses_a_changed_default(tmp_path):
+    path = small_grid(tmp_path)
+    spec = load_spec(path)
+    study = open_study(spec)
+    prepare_study(spec, study)
+    started = study.user_attrs["sweep_config"]
+    study.set_user_attr("sweep_config", {**started, "bf16": not started["bf16"]})  # as a run of an older version left it
+    with pytest.raises(SpecError, match=r"another base \(differs at bf16; a changed base, or a TrainConfig default"):
         prepare_study(spec, open_study(spec))
 
 

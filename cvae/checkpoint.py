@@ -1,10 +1,13 @@
 """Checkpoint files: written atomically, loaded with weights_only=True, the newest good one found."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,37 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with _interrupt_after():
+        try:
+            with os.fdopen(handle, "wb") as tmp_file:
+                torch.save(state, tmp_file)
+                tmp_file.flush()
+                os.fsync(tmp_file.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until it ends, then deliver it.
+
+    torch.save turns an interrupt inside its zip writer into a RuntimeError about the stream, so an
+    interrupted run would be reported as crashed. Signal handlers belong to the main thread; in any
+    other thread the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
-        with os.fdopen(handle, "wb") as tmp_file:
-            torch.save(state, tmp_file)
-            tmp_file.flush()
-            os.fsync(tmp_file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was there before
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

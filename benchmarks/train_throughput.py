@@ -118,12 +118,8 @@ def measure(preset: str, path: str, batch_size: int, steps: int, rollout_frames:
                       **options, **PRESETS[preset])
     data = load_video_data(cfg)
     torch.manual_seed(0)
-    if ours:
-        model = build_model(cfg, device)
-        optimizer = make_optimizer(cfg, model.parameters())
-    else:
-        model = VideoCVAE(cfg).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model = build_model(cfg, device)  # the lab-style path's "plain" options: NCHW, fp32, plain Adam
+    optimizer = make_optimizer(cfg, model.parameters())
     run_steps = (_our_steps if ours else _lab_steps)(model, optimizer, cfg, data, device)
     run_steps(2)  # warm-up: allocator, kernels, caches, compilation
     _sync(device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import numbers
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -70,7 +71,7 @@ def markdown_table(table: pd.DataFrame) -> str:
     def cell(value) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
 
-    align = ["---:" if pd.api.types.is_numeric_dtype(table[column]) else "---" for column in table.columns]
+    align = ["---:" if _numeric(table[column]) else "---" for column in table.columns]
     rows = ["| " + " | ".join(cell(c) for c in table.columns) + " |", "| " + " | ".join(align) + " |"]
     rows += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(rows)
@@ -124,7 +125,7 @@ def _html_section(section: Section) -> list[str]:
 
 def html_table(table: pd.DataFrame) -> str:
     esc = html.escape
-    numeric = [pd.api.types.is_numeric_dtype(table[column]) for column in table.columns]
+    numeric = [_numeric(table[column]) for column in table.columns]
     rows = ["<table>", "<thead><tr>" + "".join(f"<th>{esc(str(c))}</th>" for c in table.columns) + "</tr></thead>",
             "<tbody>"]
     for row in table.itertuples(index=False):
@@ -133,6 +134,14 @@ def html_table(table: pd.DataFrame) -> str:
         rows.append(f"<tr>{cells}</tr>")
     rows += ["</tbody>", "</table>"]
     return "\n".join(rows)
+
+
+def _numeric(column: pd.Series) -> bool:
+    """Numbers, right-aligned: a numeric column, or one of numbers with blanks ('' in a row where it does not apply)."""
+    if pd.api.types.is_numeric_dtype(column):
+        return True
+    values = [value for value in column if value != ""]
+    return bool(values) and all(isinstance(value, numbers.Number) for value in values)
 
 
 def _inline_code(text: str) -> str:

@@ -23,6 +23,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from analysis.labels import COPY_FIRST, COPY_PREVIOUS
+from experiments.tracking import ONE_STEP_METRIC
+
 Colours = Mapping[str, tuple[float, float, float]]
 WIDTH = 9.0  # inches; a page's width at 100% in a browser
 PANEL_HEIGHT = 4.0
@@ -33,6 +36,8 @@ SCHEDULE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 COINCIDENT = 0.005  # curves closer than this fraction of the y range everywhere would hide each other
 TWIN_DASHES = ((4, 4), (1.5, 3), (8, 3, 2, 3), (1, 5))  # for lines drawn over an identical one
 LOSSES = {"train/loss": "total loss", "train/recon": "reconstruction (MSE)", "train/kl": "KL divergence"}
+VAL_PSNR = {"val/psnr": "rollout from the first frame", ONE_STEP_METRIC: "one step from the true previous frame"}
+REFERENCE = {"color": "0.5", "linestyle": "--", "linewidth": 1.4}  # a baseline: grey and dashed, beside any colour
 LOG_SCALE_RATIO = 30  # a panel whose values span more than this factor gets a log y axis
 DPI = 150
 
@@ -46,27 +51,30 @@ def palette(configurations: Sequence[str]) -> dict[str, tuple[float, float, floa
 # ---------------------------------------------------------------- the lab report's figures
 
 
-def psnr_per_frame(frames: pd.DataFrame, colours: Colours) -> Figure:
-    """Figure 1: PSNR of each predicted validation frame, mean over seeds with a ±1 std band."""
+def psnr_per_frame(frames: pd.DataFrame, colours: Colours, copy_first: pd.DataFrame | None = None) -> Figure:
+    """Figure 1: PSNR of each predicted validation frame, mean over seeds with a ±1 std band.
+
+    `copy_first` (rows of trial, frame, psnr, as `frames`) is drawn as a dashed grey reference, the mean
+    over its trials; none when it is None or empty (runs logged before the baselines).
+    """
     fig, [ax] = _figure()
     shown, twins = _lines(ax, frames, "frame", "psnr", colours, markers=False)
+    references = []
+    if copy_first is not None and len(copy_first):
+        curve = copy_first.groupby("frame")["psnr"].mean()
+        references = ax.plot(curve.index, curve.to_numpy(), **REFERENCE, label=COPY_FIRST)
     ax.set(xlabel="frame of the validation video", ylabel="PSNR (dB)",
            title="PSNR per frame of the validation video (final epoch)")
-    _legend_below(fig, shown, colours, _notes(frames, twins))
+    _legend_below(fig, shown, colours, _notes(frames, twins), references=references)
     return fig
 
 
 def loss_curves(epochs: pd.DataFrame, colours: Colours) -> Figure:
     """Figure 2: training loss against epoch, one panel each for total, reconstruction and KL, seed bands."""
     fig, axes = _figure(panels=len(LOSSES))
-    shown: list[str] = []
-    twins: dict[str, str] = {}
-    for ax, (metric, title) in zip(axes, LOSSES.items()):
-        values = epochs[epochs["metric"] == metric]
-        drawn, panel_twins = _lines(ax, values, "epoch", "value", colours)
-        shown, twins = drawn or shown, {**twins, **panel_twins}
-        ax.set(xlabel="epoch", ylabel="", title=title)
-        _log_scale_if_wide(ax, values["value"])
+    shown, twins = _epoch_panels(axes, epochs, LOSSES, colours)
+    for ax, metric in zip(axes, LOSSES):
+        _log_scale_if_wide(ax, epochs.loc[epochs["metric"] == metric, "value"])
     axes[0].set_ylabel("loss, mean over the epoch's batches")
     fig.suptitle("Training losses (total = reconstruction + β · KL)")
     _legend_below(fig, shown, colours, _notes(epochs[epochs["metric"] == "train/loss"], twins))
@@ -85,13 +93,24 @@ def kl_beta_schedule(epochs: pd.DataFrame, colours: Colours) -> Figure:
                      title="KL annealing: β per epoch", legend_title="KL annealing setting")
 
 
-def val_psnr_curves(epochs: pd.DataFrame, colours: Colours) -> Figure:
-    """Figure 5: validation PSNR against epoch, mean over seeds with a ±1 std band."""
-    fig, [ax] = _figure()
-    values = epochs[epochs["metric"] == "val/psnr"]
-    shown, twins = _lines(ax, values, "epoch", "value", colours)
-    ax.set(xlabel="epoch", ylabel="validation PSNR (dB, mean over frames)", title="Validation PSNR per epoch")
-    _legend_below(fig, shown, colours, _notes(values, twins))
+def val_psnr_curves(epochs: pd.DataFrame, colours: Colours, copy_first: float = math.nan,
+                    copy_previous: float = math.nan) -> Figure:
+    """Figure 5: validation PSNR against epoch, mean over seeds with a ±1 std band, of the rollout from the first
+    frame and, in a second panel when the runs logged it, of one step from the true previous frame.
+
+    The copy baselines are dashed grey levels: copying the first frame in the first panel, the previous one
+    in the second; a NaN (runs logged before the baselines) is not drawn.
+    """
+    logged = set(epochs["metric"])
+    panels = {metric: title for metric, title in VAL_PSNR.items() if metric == "val/psnr" or metric in logged}
+    fig, axes = _figure(panels=len(panels))
+    shown, twins = _epoch_panels(axes, epochs, panels, colours)
+    references = [ax.axhline(level, **REFERENCE, label=name)
+                  for ax, level, name in zip(axes, (copy_first, copy_previous), (COPY_FIRST, COPY_PREVIOUS))
+                  if not math.isnan(level)]
+    axes[0].set_ylabel("validation PSNR (dB, mean over frames)")
+    fig.suptitle("Validation PSNR per epoch")
+    _legend_below(fig, shown, colours, _notes(epochs[epochs["metric"] == "val/psnr"], twins), references=references)
     return fig
 
 
@@ -119,6 +138,19 @@ def _schedule(epochs: pd.DataFrame, metric: str, setting: str, colours: Colours,
     _integer_epochs(ax, values)
     _legend_below(fig, labels, {}, handles=handles, title=legend_title)
     return fig
+
+
+def _epoch_panels(axes: Sequence[Axes], epochs: pd.DataFrame, titles: Mapping[str, str],
+                  colours: Colours) -> tuple[list[str], dict[str, str]]:
+    """A panel per metric (metric -> its title) against epoch, a line per configuration, as `_lines`; returns the
+    configurations drawn and the dashed ones of every panel."""
+    shown: list[str] = []
+    twins: dict[str, str] = {}
+    for ax, (metric, title) in zip(axes, titles.items()):
+        drawn, panel_twins = _lines(ax, epochs[epochs["metric"] == metric], "epoch", "value", colours)
+        shown, twins = drawn or shown, {**twins, **panel_twins}
+        ax.set(xlabel="epoch", ylabel="", title=title)
+    return shown, twins
 
 
 def _lines(ax: Axes, data: pd.DataFrame, x: str, y: str, colours: Colours,
@@ -247,10 +279,15 @@ def _figure(panels: int = 1) -> tuple[Figure, list[Axes]]:
 
 
 def _legend_below(fig: Figure, labels: Sequence[str], colours: Colours, note: str = "",
-                  handles: Sequence | None = None, title: str = "configuration") -> None:
-    """A legend under the axes, in as many columns as the labels' length allows, growing the figure to fit."""
+                  handles: Sequence | None = None, title: str = "configuration",
+                  references: Sequence[Line2D] = ()) -> None:
+    """A legend under the axes, in as many columns as the labels' length allows, growing the figure to fit.
+
+    `references` (baseline lines drawn on the axes) follow the configurations, under their own labels.
+    """
     if handles is None:
         handles = [Line2D([], [], color=colours[label], linewidth=2.5) for label in labels]
+    handles, labels = [*handles, *references], [*labels, *(line.get_label() for line in references)]
     longest = max((len(label) for label in labels), default=1)
     columns = max(1, min(len(labels), int(fig.get_figwidth() * CHARS_PER_INCH // (longest + 6))))
     rows = math.ceil(len(labels) / columns)

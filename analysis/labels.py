@@ -1,4 +1,4 @@
-"""Readable names for a configuration, its KL annealing setting and its teacher forcing setting.
+"""Readable names for a configuration, its KL annealing setting, its teacher forcing setting and the copy baselines.
 
 A configuration is named by what its sweep varied, in the order the sweep lists it:
 `Cyclical (20 cycles, ratio 0.5)`, `tfr 0 (teacher forcing off)`, `lr 3e-4, cosine`. Epochs in
@@ -12,6 +12,9 @@ from typing import Any, Mapping, Sequence
 KL_KEYS = ("kl_anneal_type", "kl_anneal_cycle", "kl_anneal_ratio")
 TFR_KEYS = ("tfr", "tfr_sde", "tfr_d_step")
 LR_SCHEDULE = "lr_schedule"
+# the trivial predictors a model must beat (cvae.metrics.CopyBaselines), as the figures' legends and the table name them
+COPY_FIRST = "copy first frame"
+COPY_PREVIOUS = "copy previous frame"
 _LABEL_KEY = re.compile(r"(?:^|, )([A-Za-z_]\w*)=")
 
 

@@ -6,6 +6,7 @@ configurations differ from the best by more than the seed-to-seed spread.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ from optuna.trial import TrialState
 from analysis import figures, stats, tables
 from analysis.document import Document, FigureEntry, Section, html_page, markdown, markdown_table
 from analysis.errors import ReportError
+from analysis.labels import COPY_FIRST, COPY_PREVIOUS
 from analysis.runs import Sweep, load_study, load_sweep
 from experiments.spec import DEFAULT_TRACKING_URI
+from experiments.tracking import ONE_STEP_METRIC
 
 FORMATS = ("png", "pdf", "svg")
 REPORTS_DIR = Path("reports")
@@ -75,6 +78,10 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
     table = tables.summary_table(data.trials, data.frames, data.metric, data.direction)
     comparisons = stats.compare_to_best(data.trials, table, table.attrs["objective"])
     made, notes = make_figures(data, table)
+    summary = tables.with_baselines(table, data.trials, data.baseline_frames)
+    if not tables.is_baseline(summary).any():
+        notes.append("no copy baselines in the table or figures 1 and 5: the finished trials' runs were logged "
+                     "without them (before trials logged baselines)")
     _remove_old_figures(folder)
     written: list[Path] = []
     entries = []
@@ -82,9 +89,9 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
         paths = figures.save(item.figure, folder, item.stem, formats)
         written += paths
         entries.append(FigureEntry(paths[0].name, item.title, item.caption, tuple(p.name for p in paths[1:])))
-    table.to_csv(folder / "summary.csv", index=False, float_format="%.4f")
-    (folder / "summary.md").write_text(markdown_table(tables.formatted(table)) + "\n", encoding="utf-8")
-    document = build_document(data, table, comparisons, tuple(entries), notes)
+    summary.to_csv(folder / "summary.csv", index=False, float_format="%.4f")
+    (folder / "summary.md").write_text(markdown_table(tables.formatted(summary)) + "\n", encoding="utf-8")
+    document = build_document(data, summary, comparisons, tuple(entries), notes)
     (folder / "report.md").write_text(markdown(document), encoding="utf-8")
     (folder / "index.html").write_text(html_page(document), encoding="utf-8")
     written += [folder / name for name in ("summary.csv", "summary.md", "report.md", "index.html")]
@@ -111,13 +118,20 @@ def make_figures(data: Sweep, table: pd.DataFrame) -> tuple[list[_Made], list[st
         among = f" Only the {len(shown)} best of {len(finished)} configurations are drawn."
         notes.append(f"figures 1, 2 and 5 show the {len(shown)} best of {len(finished)} configurations")
     epochs = data.epochs[data.epochs["status"] == "COMPLETE"]
-    frames = data.frames[data.frames["status"] == "COMPLETE"]
-    best_epochs = epochs[epochs["configuration"].isin(shown)]
+
+    def drawn(rows: pd.DataFrame) -> pd.DataFrame:
+        return rows[(rows["status"] == "COMPLETE") & rows["configuration"].isin(shown)]
+
+    best_epochs, copied, levels = drawn(data.epochs), drawn(data.baseline_frames), drawn(data.trials)
+    copy_first, copy_previous = levels["copy_first"].mean(), levels["copy_previous"].mean()
+    one_step = (best_epochs["metric"] == ONE_STEP_METRIC).any()
     spread = "line: mean over seeds, band: ±1 std over seeds."
     made = [
         _Made("1_psnr_per_frame", "PSNR per frame",
-              f"PSNR of each predicted frame of the validation video after the last epoch; {spread}{among}",
-              figures.psnr_per_frame(frames[frames["configuration"].isin(shown)], colours)),
+              f"PSNR of each predicted frame of the validation video after the last epoch; {spread}"
+              + (" Dashed grey: copying the first frame forward, the floor a model must beat." if len(copied)
+                 else "") + among,
+              figures.psnr_per_frame(drawn(data.frames), colours, copied)),
         _Made("2_loss_curves", "Training losses",
               f"Training loss per epoch: total, reconstruction (MSE) and KL terms; {spread}{among}",
               figures.loss_curves(best_epochs, colours)),
@@ -128,8 +142,11 @@ def make_figures(data: Sweep, table: pd.DataFrame) -> tuple[list[_Made], list[st
               "KL weight β of each epoch, one line per KL annealing setting of the sweep.",
               figures.kl_beta_schedule(epochs, colours)),
         _Made("5_val_psnr", "Validation PSNR per epoch",
-              f"Validation PSNR (mean over the video's predicted frames) after each epoch; {spread}{among}",
-              figures.val_psnr_curves(best_epochs, colours)),
+              "Validation PSNR (mean over the video's predicted frames) after each epoch"
+              + (", left of the rollout from the first frame, right of each frame predicted from the true frame "
+                 "before it" if one_step else "") + f"; {spread}" + _levels_caption(copy_first, copy_previous, one_step)
+              + among,
+              figures.val_psnr_curves(best_epochs, colours, copy_first, copy_previous)),
     ]
     if data.sampler == "grid":
         return made, notes
@@ -153,6 +170,14 @@ def make_figures(data: Sweep, table: pd.DataFrame) -> tuple[list[_Made], list[st
         except (ValueError, RuntimeError) as err:  # Optuna's refusals for too few or degenerate trials
             notes.append(f"no {title.lower()} figure: Optuna says {' '.join(str(err).split())}")
     return made, notes
+
+
+def _levels_caption(copy_first: float, copy_previous: float, one_step: bool) -> str:
+    """What figure 5's dashed lines are, or '' when it has none."""
+    if math.isnan(copy_first):
+        return ""
+    previous = " (left) and the previous frame (right)" if one_step and not math.isnan(copy_previous) else ""
+    return f" Dashed grey: copying the first frame{previous}, mean over the trials drawn."
 
 
 def why_no_importances(study: optuna.Study) -> str:
@@ -196,7 +221,7 @@ def build_document(data: Sweep, table: pd.DataFrame, comparisons: pd.DataFrame,
                    f"{window} predicted frames of the validation video after the last epoch. Wall time: a "
                    "finished trial's, start to end, data loading and checkpoints included. The same table is in "
                    "`summary.csv`.")
-    before = [Section("Summary", (table_notes,), tables.formatted(table)),
+    before = [Section("Summary", (table_notes, *_baseline_text(table)), tables.formatted(table)),
               Section("Differences from the best configuration", _comparison_text(table, comparisons),
                       stats.formatted(comparisons, _unit(table)) if comparisons["p_value"].notna().any() else None)]
     after = []
@@ -211,6 +236,31 @@ def build_document(data: Sweep, table: pd.DataFrame, comparisons: pd.DataFrame,
     after.append(Section("Sweep spec", (f"As logged with the sweep (`{data.tags.get('sweep.spec', '?')}`).",),
                          code=data.spec_text or "(not logged)", code_language="yaml"))
     return Document(f"Sweep report: {data.name}", tuple(facts), tuple(before), entries, tuple(after))
+
+
+def _baseline_text(table: pd.DataFrame) -> tuple[str, ...]:
+    """A sentence on the copy baselines, then one per configuration that does not beat copying the first frame
+    (or one saying every configuration does); nothing when the runs logged no baselines."""
+    baseline = tables.is_baseline(table)
+    copies = table[baseline].set_index("configuration")
+    if copies.empty:
+        return ()
+    levels = []
+    if COPY_FIRST in copies.index:
+        levels.append(f"copying the first frame forward scores {copies.loc[COPY_FIRST, 'final_val_psnr_mean']:.2f} dB "
+                      "(what a rollout must beat)")
+    if COPY_PREVIOUS in copies.index:
+        levels.append(f"copying the true previous frame {copies.loc[COPY_PREVIOUS, f'{tables.ONE_STEP}_mean']:.2f} dB "
+                      "(what a one-step prediction must beat)")
+    sentences = [f"Baselines on the same validation video: {' and '.join(levels)}; the gain over copy-first in the "
+                 "table is a configuration's final val PSNR minus copy-first's, mean over its seeds."]
+    gains = table[~baseline].dropna(subset=[tables.GAIN])
+    behind = gains[gains[tables.GAIN] <= 0]
+    sentences += [f"{config} does not beat copying the first frame ({gain:+.2f} dB)."
+                  for config, gain in zip(behind["configuration"], behind[tables.GAIN])]
+    if len(gains) and behind.empty:
+        sentences.append("Every configuration with a finished seed beats copying the first frame.")
+    return tuple(sentences)
 
 
 def _comparison_text(table: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[str, ...]:

@@ -30,13 +30,16 @@ from analysis.labels import configuration_label, kl_setting, swept_keys, tfr_set
 from cvae.config import TrainConfig
 from cvae.errors import ConfigError
 from experiments.spec import DEFAULT_TRACKING_URI, URL
-from experiments.tracking import EPOCH_METRICS, ERROR, FRAME_METRIC, IS_PARENT, RUN_STATUS, STATUS
+from experiments.tracking import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC, EPOCH_METRICS,
+                                  ERROR, FRAME_METRIC, IS_PARENT, ONE_STEP_METRIC, RUN_METRICS, RUN_STATUS, STATUS)
 
 SQLITE = "sqlite:///"
 SPEC_NOTE = re.compile(r"```yaml\n(.*)\n```", re.DOTALL)  # how experiments.tracking puts it in the description
 # the last epoch's value of these metrics becomes a trial column: metric -> column
 FINAL_COLUMNS = {"val/psnr": "final_val_psnr", "train/loss": "final_train_loss", "train/recon": "final_train_recon",
-                 "train/kl": "final_train_kl"}
+                 "train/kl": "final_train_kl", ONE_STEP_METRIC: "final_val_psnr_1step"}
+# the copy baselines a trial logged once (NaN for runs logged before them): metric -> column
+BASELINE_COLUMNS = {COPY_FIRST_METRIC: "copy_first", COPY_PREVIOUS_METRIC: "copy_previous"}
 RUN_STATES = {run: state for state, run in RUN_STATUS.items()}  # MLflow run status -> trial state, for untagged runs
 IDENTITY = ["run_id", "trial", "group", "configuration", "seed", "status"]
 
@@ -54,6 +57,7 @@ class Sweep:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     frames: pd.DataFrame
+    baseline_frames: pd.DataFrame  # as `frames`, of copying the first frame; empty for runs logged before it
     earlier_sweeps: int  # parent runs of earlier sweeps under the same experiment name, not read
 
     @property
@@ -111,7 +115,9 @@ def load_sweep(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = Non
     return Sweep(name=found.name, experiment_id=found.experiment_id, tracking_uri=tracking_uri,
                  parent_run_id=parent.info.run_id, tags=dict(parent.data.tags), spec_text=_spec_text(parent),
                  trials=_add_finals(trials, histories), epochs=epochs_frame(trials, histories),
-                 frames=frames_frame(trials, histories), earlier_sweeps=len(parents) - 1)
+                 frames=frames_frame(trials, histories),
+                 baseline_frames=frames_frame(trials, histories, COPY_FIRST_FRAME_METRIC),
+                 earlier_sweeps=len(parents) - 1)
 
 
 def find_experiment(client: MlflowClient, tracking_uri: str, sweep: str | None = None,
@@ -179,10 +185,12 @@ def epochs_frame(trials: pd.DataFrame, histories: dict[str, dict[str, list]]) ->
     return _with_identity(trials, values, ["kl_setting", "tfr_setting"])
 
 
-def frames_frame(trials: pd.DataFrame, histories: dict[str, dict[str, list]]) -> pd.DataFrame:
-    """One row per (trial, frame) of the final validation: the trial's identity, frame (1..T-1), psnr."""
+def frames_frame(trials: pd.DataFrame, histories: dict[str, dict[str, list]],
+                 key: str = FRAME_METRIC) -> pd.DataFrame:
+    """One row per (trial, frame) of the per-frame metric `key` (by default the final validation's):
+    the trial's identity, frame (1..T-1), psnr."""
     rows = [(run_id, metric.step, metric.value)
-            for run_id, metrics in histories.items() for metric in metrics[FRAME_METRIC]]
+            for run_id, metrics in histories.items() for metric in metrics[key]]
     values = pd.DataFrame(rows, columns=["run_id", "frame", "psnr"])
     return _with_identity(trials, values, [])
 
@@ -232,17 +240,17 @@ def _complete(params: dict[str, Any]) -> bool:
 
 
 def _histories(client: MlflowClient, run_id: str) -> dict[str, list]:
-    """Every epoch metric and the per-frame PSNR of one run, each sorted by step."""
-    return {key: sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-            for key in (*EPOCH_METRICS, FRAME_METRIC)}
+    """Every metric of one run (epoch metrics, per-frame PSNR, baselines), each sorted by step."""
+    return {key: sorted(client.get_metric_history(run_id, key), key=lambda m: m.step) for key in RUN_METRICS}
 
 
 def _add_finals(trials: pd.DataFrame, histories: dict[str, dict[str, list]]) -> pd.DataFrame:
-    """epochs (how many were logged), the last epoch's value of FINAL_COLUMNS, and the best epoch's val PSNR."""
+    """epochs (how many were logged), the last value of FINAL_COLUMNS and BASELINE_COLUMNS, and the best epoch's
+    val PSNR."""
     trials = trials.copy()
     nan = float("nan")
     trials["epochs"] = [len(histories[run_id]["val/psnr"]) for run_id in trials["run_id"]]
-    for key, column in FINAL_COLUMNS.items():
+    for key, column in {**FINAL_COLUMNS, **BASELINE_COLUMNS}.items():
         trials[column] = [histories[r][key][-1].value if histories[r][key] else nan for r in trials["run_id"]]
     trials["best_val_psnr"] = [max((m.value for m in histories[r]["val/psnr"]), default=nan)
                                for r in trials["run_id"]]

@@ -1,7 +1,8 @@
 """The summary table: one row per configuration, mean and std over its finished seeds, best first.
 
 Only COMPLETE trials are averaged; FAILED and PRUNED ones (and RUNNING ones, while a sweep goes on)
-are counted in their own columns. `formatted` turns the table into the strings a report shows.
+are counted in their own columns. `with_baselines` adds a row per copy baseline after the
+configurations, and `formatted` turns the table into the strings a report shows.
 """
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import math
 
 import pandas as pd
 
+from analysis.labels import COPY_FIRST, COPY_PREVIOUS
+
 # the sweep's objective metric (spec `objective.metric`) -> the trial column that holds it
 OBJECTIVE_COLUMNS = {"val_psnr": "final_val_psnr", "best_val_psnr": "best_val_psnr",
                      "train_loss": "final_train_loss", "train_recon": "final_train_recon",
                      "train_kl": "final_train_kl"}
 FRAME_WINDOW = 100  # the lab report's "first / last 100 frames"
 PSNR_COLUMNS = ("final_val_psnr", "best_val_psnr")
+ONE_STEP = "final_val_psnr_1step"
+GAIN = "gain_over_copy_first"  # final val PSNR minus copy-first, mean over seeds
 COUNTED = ("FAILED", "PRUNED")
+COUNTS = ("seeds", *(status.lower() for status in (*COUNTED, "RUNNING")))
 
 
 def objective_column(metric: str) -> str:
@@ -42,19 +48,21 @@ def summary_table(trials: pd.DataFrame, frames: pd.DataFrame, metric: str = "val
     """One row per configuration, ranked by the objective's mean (configurations with no finished seed last).
 
     Columns: configuration, seeds (finished), failed, pruned, [running,] `<value>_mean` and `<value>_std`
-    for final and best val PSNR, PSNR over the first and last `frame_window` frames [and the objective
-    when it is not a PSNR], epochs (mean over finished seeds), wall_seconds (mean of a finished trial), group.
+    for final and best val PSNR, the final one-step val PSNR, PSNR over the first and last `frame_window`
+    frames [and the objective when it is not a PSNR], gain_over_copy_first (NaN for runs logged before
+    the baselines), epochs (mean over finished seeds), wall_seconds (mean of a finished trial), group.
     """
     window = frame_window(frames)
     objective = objective_column(metric)
-    values = [*PSNR_COLUMNS, f"psnr_first_{window}", f"psnr_last_{window}"]
+    values = [*PSNR_COLUMNS, ONE_STEP, f"psnr_first_{window}", f"psnr_last_{window}"]
     if objective not in values:
         values.append(objective)
     complete = trials[trials["status"] == "COMPLETE"].merge(frame_means(frames, window), on="run_id", how="left")
+    complete[GAIN] = complete["final_val_psnr"] - complete["copy_first"]  # per trial: its own video's baseline
     by_config = complete.groupby("configuration", observed=False)
     table = by_config.agg(seeds=("seed", "nunique"), **{
         f"{value}_{stat}": (value, stat) for value in values for stat in ("mean", "std")},
-        epochs=("epochs", "mean"), wall_seconds=("wall_seconds", "mean"))
+        **{GAIN: (GAIN, "mean")}, epochs=("epochs", "mean"), wall_seconds=("wall_seconds", "mean"))
     counts = trials.groupby(["configuration", "status"], observed=False).size().unstack(fill_value=0)
     counted = [status for status in (*COUNTED, "RUNNING")
                if status in COUNTED or (status in counts and counts[status].sum())]
@@ -62,7 +70,8 @@ def summary_table(trials: pd.DataFrame, frames: pd.DataFrame, metric: str = "val
         table[status.lower()] = counts[status] if status in counts else 0
     table["group"] = trials.groupby("configuration", observed=False)["group"].first()
     order = ["seeds", *(status.lower() for status in counted),
-             *(f"{value}_{stat}" for value in values for stat in ("mean", "std")), "epochs", "wall_seconds", "group"]
+             *(f"{value}_{stat}" for value in values for stat in ("mean", "std")), GAIN, "epochs", "wall_seconds",
+             "group"]
     table = table[order].reset_index()
     table["configuration"] = table["configuration"].astype(str)
     table = table.sort_values(f"{objective}_mean", ascending=direction == "minimize", na_position="last",
@@ -71,27 +80,81 @@ def summary_table(trials: pd.DataFrame, frames: pd.DataFrame, metric: str = "val
     return table
 
 
+def with_baselines(table: pd.DataFrame, trials: pd.DataFrame, baseline_frames: pd.DataFrame) -> pd.DataFrame:
+    """`table` (`summary_table`) and after it a row per copy baseline the finished trials logged, mean over them.
+
+    copy first frame fills the rollout's columns (final val PSNR, PSNR over the first and last frames, from
+    `baseline_frames`), copy previous frame the one-step column; every other cell is empty. Runs logged
+    before the baselines add no row.
+    """
+    window = table.attrs["frame_window"]
+    complete = trials[trials["status"] == "COMPLETE"]
+    copied = baseline_frames[baseline_frames["run_id"].isin(complete["run_id"])]
+    windows = frame_means(copied, window).mean(numeric_only=True)  # empty when nothing was logged
+    copy_first, copy_previous = complete["copy_first"].mean(), complete["copy_previous"].mean()
+    rows = []
+    if not math.isnan(copy_first):
+        rows.append({"configuration": COPY_FIRST, "final_val_psnr_mean": copy_first,
+                     **{f"{column}_mean": windows.get(column, math.nan)
+                        for column in (f"psnr_first_{window}", f"psnr_last_{window}")}})
+    if not math.isnan(copy_previous):
+        rows.append({"configuration": COPY_PREVIOUS, f"{ONE_STEP}_mean": copy_previous})
+    if not rows:
+        return table
+    counts = {column: "Int64" for column in COUNTS if column in table}  # whole numbers with blanks, in the CSV too
+    combined = pd.concat([table.astype(counts), pd.DataFrame(rows)], ignore_index=True)[table.columns]
+    combined.attrs.update(table.attrs)
+    return combined
+
+
+def is_baseline(table: pd.DataFrame) -> pd.Series:
+    """Which rows of a table are copy baselines rather than configurations."""
+    return table["configuration"].isin((COPY_FIRST, COPY_PREVIOUS))
+
+
 HEADERS = {"final_val_psnr": "final val PSNR (dB)", "best_val_psnr": "best val PSNR (dB)",
+           GAIN: "gain over copy-first (dB)", ONE_STEP: "one-step val PSNR (dB)",
            "final_train_loss": "final train loss", "final_train_recon": "final train recon",
            "final_train_kl": "final train KL"}
+SOMETIMES = (GAIN, ONE_STEP)  # shown only when some row has a value: runs logged before them have none
 
 
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as a report shows it: `mean ± std` strings, readable headers, wall time in minutes and seconds."""
+    """The table as a report shows it: `mean ± std` strings, readable headers, wall time in minutes and seconds.
+
+    A configuration's missing value is `-`; in a baseline row, the cells that do not apply to it are empty.
+    """
     window = table.attrs.get("frame_window", FRAME_WINDOW)
     headers = {**HEADERS, f"psnr_first_{window}": f"PSNR frames 1-{window} (dB)",
                f"psnr_last_{window}": f"PSNR last {window} frames (dB)"}
-    shown = pd.DataFrame({"#": range(1, len(table) + 1), "configuration": table["configuration"]})
-    for column in ("seeds", "failed", "pruned", "running"):
+    baseline = is_baseline(table).tolist()
+
+    def cells(show, *columns: str) -> list:
+        """show(values of `columns`) per row, or empty in a baseline row that has no first value."""
+        return ["" if is_copy and pd.isna(values[0]) else show(*values)
+                for is_copy, *values in zip(baseline, *(table[column] for column in columns))]
+
+    shown = pd.DataFrame({"#": ["" if is_copy else rank for rank, is_copy in enumerate(baseline, start=1)],
+                          "configuration": table["configuration"]})
+    for column in COUNTS:
         if column in table:
-            shown[column] = table[column].astype(int)
+            shown[column] = cells(int, column)
     for value, header in headers.items():
-        if f"{value}_mean" in table:
-            shown[header] = [_mean_std(mean, std) for mean, std in zip(table[f"{value}_mean"], table[f"{value}_std"])]
-    shown["epochs"] = [_number(epochs, "{:.0f}") if float(epochs).is_integer() or math.isnan(epochs) else
-                       f"{epochs:.1f}" for epochs in table["epochs"]]
-    shown["wall time / trial"] = [_duration(seconds) for seconds in table["wall_seconds"]]
+        if value == GAIN and _known(table, GAIN):
+            shown[header] = cells(lambda gain: _number(gain, "{:+.2f}"), GAIN)
+        elif f"{value}_mean" in table and (value not in SOMETIMES or _known(table, f"{value}_mean")):
+            shown[header] = cells(_mean_std, f"{value}_mean", f"{value}_std")
+    shown["epochs"] = cells(_epochs, "epochs")
+    shown["wall time / trial"] = cells(_duration, "wall_seconds")
     return shown
+
+
+def _known(table: pd.DataFrame, column: str) -> bool:
+    return column in table and bool(table[column].notna().any())
+
+
+def _epochs(epochs: float) -> str:
+    return _number(epochs, "{:.0f}") if math.isnan(epochs) or float(epochs).is_integer() else f"{epochs:.1f}"
 
 
 def _mean_std(mean: float, std: float) -> str:

@@ -1,8 +1,10 @@
 """Training and rollout speed of our trainer next to a lab-style baseline, in one process each.
 
-    python benchmarks/train_throughput.py [--device cpu|cuda] [--preset lab|small] [--batch-size N[,N...]]
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--model light|lab] [--preset lab|small]
+                                          [--batch-size N[,N...]]
                                           [--variants ours,fp32,...] [--steps N] [--profile] [--quick] [--json]
 
+`--model` picks the five modules (TrainConfig.model) for every path, so both sides run one model.
 The lab-style path is the lab code's way of running the same model: fp32, NCHW, batch 2, a
 DataLoader rebuilt every epoch that decodes PNGs for every clip, one time step after another,
 a host sync (`loss.item()`) after every step, and pose features computed one frame at a time in
@@ -30,12 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cvae.config import TrainConfig
+from cvae.config import MODEL_NAMES, TrainConfig
 from cvae.data import load_video_data
-from cvae.model import VideoCVAE
-from cvae.schedules import make_optimizer
+from cvae.model import VideoCVAE, kl_divergence
 from cvae.synthetic import generate
-from cvae.train import build_model, kl_divergence, to_unit, train_step, validate
+from cvae.train import setup, to_unit, train_step, validate
 from variants import VARIANTS, parse_variants
 
 PRESETS = {
@@ -48,11 +49,13 @@ LAB_BATCH_SIZE = 2
 LAB_STYLE = "lab-style"
 DEFAULT_VARIANTS = {"cpu": "ours,fp32", "cuda": "ours,fp32,+compile,+cuda_graphs,+all"}
 DEFAULT_BATCH_SIZES = {"cpu": "4,16", "cuda": "16,64"}
+LAB_MODEL_BATCH_SIZES = "2,16"  # --model lab on the CPU: the lab's own batch and a large one
 PROFILE_ROWS = 12
 
 
 @dataclass(frozen=True)
 class Measurement:
+    model: str
     preset: str
     path: str
     batch_size: int
@@ -68,7 +71,9 @@ class Measurement:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--preset", choices=(*PRESETS, "both"), default=None, help="default: both, small with --quick")
+    parser.add_argument("--model", choices=MODEL_NAMES, default="light", help="the five modules every path runs")
+    parser.add_argument("--preset", choices=(*PRESETS, "both"), default=None,
+                        help="default: both, lab with --model lab, small with --quick")
     parser.add_argument("--batch-size", default=None,
                         help="our batch sizes, comma-separated (default 4,16 on the CPU, 16,64 on CUDA; "
                              "the lab-style path uses 2)")
@@ -85,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         variants = parse_variants(args.variants or DEFAULT_VARIANTS[args.device], "--variants")
-        batch_sizes = [int(size) for size in (args.batch_size or DEFAULT_BATCH_SIZES[args.device]).split(",")]
+        default_sizes = LAB_MODEL_BATCH_SIZES if args.model == "lab" and args.device == "cpu" else \
+            DEFAULT_BATCH_SIZES[args.device]
+        batch_sizes = [int(size) for size in (args.batch_size or default_sizes).split(",")]
     except ValueError as err:
         what = err if "--variants" in str(err) else f"--batch-size: expected integers like 4,16, got {args.batch_size!r}"
         print(f"error: {what}", file=sys.stderr)
         return 2
-    preset = args.preset or ("small" if args.quick else "both")
+    preset = args.preset or ("small" if args.quick else "lab" if args.model == "lab" else "both")
     presets = list(PRESETS) if preset == "both" else [preset]
     steps, batch_sizes = (1, [4]) if args.quick else (args.steps, batch_sizes)
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,24 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         for preset in presets:
             paths = [(variant, batch) for batch in batch_sizes for variant in variants]
             for path, batch in [*paths, (LAB_STYLE, LAB_BATCH_SIZE)]:
-                job = (preset, path, batch, steps, rollout_frames, str(root), args.device, args.profile)
+                job = (args.model, preset, path, batch, steps, rollout_frames, str(root), args.device, args.profile)
                 with context.Pool(1) as pool:
                     results.append(pool.apply(measure, job))
     print(json.dumps([r.__dict__ for r in results], indent=2) if args.json else table(results))
     return 0
 
 
-def measure(preset: str, path: str, batch_size: int, steps: int, rollout_frames: int, root: str,
+def measure(model_name: str, preset: str, path: str, batch_size: int, steps: int, rollout_frames: int, root: str,
             device_name: str, profile: bool) -> Measurement:
     device = torch.device(device_name)
     ours = path != LAB_STYLE
     options = VARIANTS[path if ours else "plain"]
-    cfg = TrainConfig(DR=root, batch_size=batch_size, val_vi_len=rollout_frames, device=device_name,
-                      **options, **PRESETS[preset])
+    cfg = TrainConfig(DR=root, model=model_name, batch_size=batch_size, val_vi_len=rollout_frames,
+                      device=device_name, seed=0, **options, **PRESETS[preset])
     data = load_video_data(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, device)  # the lab-style path's "plain" options: NCHW, fp32, plain Adam
-    optimizer = make_optimizer(cfg, model.parameters())
+    training = setup(cfg, device)  # the lab-style path's "plain" options: NCHW, fp32, plain Adam
+    model, optimizer = training.model, training.optimizer
     run_steps = (_our_steps if ours else _lab_steps)(model, optimizer, cfg, data, device)
     run_steps(2)  # warm-up: allocator, kernels, caches, compilation
     _sync(device)
@@ -141,7 +147,7 @@ def measure(preset: str, path: str, batch_size: int, steps: int, rollout_frames:
     frames_per_s = frames / train_seconds
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = next((tflops for name, tflops in GPU_PEAK_TFLOPS.items() if name in gpu_name), None)
-    return Measurement(preset, path, batch_size, frames_per_s, rollout_seconds, rollout_frames,
+    return Measurement(model_name, preset, path, batch_size, frames_per_s, rollout_seconds, rollout_frames,
                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                        torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
                        flops_per_frame * frames_per_s / 1e12, peak)
@@ -262,12 +268,12 @@ def _sync(device: torch.device) -> None:
 
 
 def table(results: list[Measurement]) -> str:
-    header = (f"{'preset':7} {'path':13} {'batch':>5} {'train frames/s':>15} {'rollout s':>10} {'frames':>6} "
+    header = (f"{'model':6} {'preset':7} {'path':13} {'batch':>5} {'train frames/s':>15} {'rollout s':>10} {'frames':>6} "
               f"{'host MB':>8} {'GPU MB':>8} {'TFLOP/s':>8} {'peak':>6}")
     lines = [header, "-" * len(header)]
     for r in results:
         peak = f"{r.device_peak_tflops:.0f}" if r.device_peak_tflops else "n/a"
-        lines.append(f"{r.preset:7} {r.path:13} {r.batch_size:5d} {r.train_frames_per_s:15.1f} "
+        lines.append(f"{r.model:6} {r.preset:7} {r.path:13} {r.batch_size:5d} {r.train_frames_per_s:15.1f} "
                      f"{r.rollout_seconds:10.2f} {r.rollout_frames:6d} {r.peak_host_mb:8.0f} {r.peak_gpu_mb:8.0f} "
                      f"{r.model_tflops:8.4f} {peak:>6}")
     for lab in (r for r in results if r.path == LAB_STYLE):

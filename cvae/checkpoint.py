@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cvae.config import TrainConfig
+from cvae.config import LEGACY_VALUES, TrainConfig
 from cvae.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 def config_of(state: dict[str, Any], path: str | Path) -> TrainConfig:
     """The TrainConfig a checkpoint was trained with."""
     try:
-        return TrainConfig.from_dict(state["config"], source=f"checkpoint {path}")
+        return TrainConfig.from_dict({**LEGACY_VALUES, **state["config"]}, source=f"checkpoint {path}")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
 

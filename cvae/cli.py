@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: TrainConfig, ckpt_path: Path | None) -> None:
     from cvae.data import load_video_data
-    from cvae.metrics import copy_first_frame_psnr, save_psnr_csv
+    from cvae.metrics import save_psnr_csv
     from cvae.model import VideoCVAE, parameter_count
     from cvae.synthetic import ensure_dataset
     from cvae.train import fit, resolve_device
@@ -73,17 +73,27 @@ def run(cfg: TrainConfig, ckpt_path: Path | None) -> None:
     data = load_video_data(cfg)
     print(f"data {cfg.DR}: {len(data.train_images)} training clips of {cfg.train_vi_len} frames, "
           f"validation video of {len(data.val_images)} frames, {cfg.frame_H}x{cfg.frame_W}")
-    print(f"model: {parameter_count(VideoCVAE(cfg)):,} parameters on {resolve_device(cfg)}")
+    print(baselines_line(data.baselines))
+    print(f"model {cfg.model}: {parameter_count(VideoCVAE(cfg)):,} parameters on {resolve_device(cfg)}")
     save_root = Path(cfg.save_root)
     save_root.mkdir(parents=True, exist_ok=True)
     (save_root / "config.yaml").write_text(_yaml(cfg))
     history = fit(cfg, data, callbacks=[print_epoch(cfg)], resume_from=ckpt_path)
     last = history.epochs[-1]
     csv_path = save_psnr_csv(save_root / "val_psnr_per_frame.csv", last.val_psnr_per_frame)
-    baseline = copy_first_frame_psnr(data.val_images)
-    print(f"validation PSNR {last.val_psnr:.2f} dB (best {history.best_val_psnr:.2f} dB); "
-          f"copying the first frame forward gives {baseline:.2f} dB")
+    baselines = data.baselines
+    print(f"validation PSNR {last.val_psnr:.2f} dB (best {history.best_val_psnr:.2f} dB), "
+          f"{last.val_psnr - baselines.first_mean:+.2f} dB over copying the first frame; "
+          f"one-step PSNR {last.val_psnr_1step:.2f} dB, {last.val_psnr_1step - baselines.previous_mean:+.2f} dB "
+          f"over copying the previous frame")
+    print(baselines_line(baselines))
     print(f"checkpoints in {save_root / 'checkpoints'}; per-frame PSNR in {csv_path}")
+
+
+def baselines_line(baselines) -> str:
+    """The two trivial predictors' PSNR on the validation video, the floors every figure is read against."""
+    return (f"baselines on the validation video: copy first frame {baselines.first_mean:.2f} dB, "
+            f"copy previous true frame {baselines.previous_mean:.2f} dB (one step)")
 
 
 def print_epoch(cfg: TrainConfig):
@@ -91,6 +101,7 @@ def print_epoch(cfg: TrainConfig):
         print(f"epoch {report.epoch + 1:3d}/{cfg.num_epoch}  loss {report.train_loss:.4f} "
               f"(recon {report.train_recon:.4f}, kl {report.train_kl:.3f}, beta {report.kl_beta:.2f})  "
               f"tfr {report.tfr:.2f}  lr {report.lr:.1e}  val PSNR {report.val_psnr:.2f} dB  "
+              f"one-step {report.val_psnr_1step:.2f} dB  "
               f"{report.epoch_seconds:.1f} s", flush=True)
     return callback
 

@@ -12,6 +12,11 @@ from cvae.errors import ConfigError
 KL_ANNEAL_TYPES = ("Cyclical", "Monotonic", "None")
 OPTIMIZERS = ("Adam", "AdamW")
 LR_SCHEDULES = ("multistep", "cosine", "constant")
+MODEL_NAMES = ("light", "lab")  # cvae.model.MODELS builds each
+FRAME_OUTPUTS = ("residual", "sigmoid", "mask")
+LOSSES = ("lab", "elbo")
+# what a config written before a field existed meant by leaving it out (checkpoints, stored studies)
+LEGACY_VALUES = {"model": "light", "frame_output": "residual", "loss": "lab", "augment": False}
 MIN_FRAME_SIDE = 8  # the Label_Encoder's 7x7 reflection-padded stem needs more than 3 pixels a side
 
 
@@ -23,16 +28,20 @@ class TrainConfig:
     DR: str = "data/dance"
     save_root: str = "runs/train"
     partial: float = 1.0
+    augment: bool = False  # per clip: colour channels permuted, mirrored half the time (cvae/augment.py)
     train_vi_len: int = 16
     val_vi_len: int = 630
     frame_H: int = 32
     frame_W: int = 64
     # model
+    model: str = "light"  # which five modules (cvae.model.MODELS): light, or lab, the lab starter's
+    frame_output: str = "residual"  # residual: a logit change of the previous frame; sigmoid: the whole frame; mask: prev blended with a drawn frame
     F_dim: int = 128
     L_dim: int = 32
     N_dim: int = 12
     D_out_dim: int = 192
     # optimisation
+    loss: str = "lab"  # lab: MSE per pixel + beta * KL per frame; elbo: both per pixel (README, "The loss")
     batch_size: int = 2
     lr: float = 0.001
     optim: str = "Adam"
@@ -149,6 +158,9 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}={getattr(cfg, key)!r}: {what}")
 
     need(cfg.kl_anneal_type in KL_ANNEAL_TYPES, "kl_anneal_type", f"must be one of {', '.join(KL_ANNEAL_TYPES)}")
+    need(cfg.model in MODEL_NAMES, "model", f"must be one of {', '.join(MODEL_NAMES)}")
+    need(cfg.frame_output in FRAME_OUTPUTS, "frame_output", f"must be one of {', '.join(FRAME_OUTPUTS)}")
+    need(cfg.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}")
     need(cfg.optim in OPTIMIZERS, "optim", f"must be one of {', '.join(OPTIMIZERS)}")
     need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
     need(cfg.lr > 0, "lr", "must be positive")
@@ -173,6 +185,8 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.F_dim % 8 == 0, "F_dim", "must be divisible by 8 (the RGB_Encoder widens in steps of F_dim/8)")
     need(cfg.L_dim % 2 == 0, "L_dim", "must be even (the Label_Encoder's stem has L_dim/2 channels)")
     need(cfg.D_out_dim % 8 == 0, "D_out_dim", "must be divisible by 8 (the Generator narrows in steps of D_out_dim/8)")
+    if cfg.model == "lab":
+        need(cfg.N_dim >= 4, "N_dim", "must be >= 4 with model: lab (its Gaussian_Predictor narrows to N_dim/4 channels)")
     need(0 <= cfg.tfr <= 1, "tfr", "must be in [0, 1]")
     need(cfg.tfr_sde >= 0, "tfr_sde", "must be >= 0")
     need(cfg.tfr_d_step >= 0, "tfr_d_step", "must be >= 0")

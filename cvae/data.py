@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from cvae.config import TrainConfig
 from cvae.errors import DataError
+from cvae.metrics import CopyBaselines, copy_baselines
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".cache"
-CACHE_VERSION = 1  # part of every fingerprint: bump it when decoding changes, to retire old caches
+CACHE_VERSION = 2  # part of every fingerprint: bump it when decoding changes, to retire old caches
 FRAME_NAME = re.compile(r"frame(\d+)\.png")
 SPLITS = ("train", "val")
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while decoding and resizing
@@ -36,6 +37,7 @@ class Frames:
 
     images: torch.Tensor  # (N, 3, H, W) uint8
     labels: torch.Tensor  # (N, 3, H, W) uint8, the pose map of each image
+    baselines: CopyBaselines  # of the images as one video; computed once, with the cache
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class VideoData:
     train_labels: torch.Tensor  # (n_clips, T, 3, H, W) uint8
     val_images: torch.Tensor  # (T_val, 3, H, W) uint8
     val_labels: torch.Tensor  # (T_val, 3, H, W) uint8
+    baselines: CopyBaselines  # copy-first and copy-previous PSNR of the validation video
 
 
 class _File(NamedTuple):
@@ -84,6 +87,7 @@ def load_video_data(cfg: TrainConfig) -> VideoData:
         train_labels=train.labels[: kept * clip_len].view(clip_shape),
         val_images=val.images[: cfg.val_vi_len],  # (T_val, 3, H, W) uint8
         val_labels=val.labels[: cfg.val_vi_len],
+        baselines=val.baselines.upto(cfg.val_vi_len),
     )
 
 
@@ -99,11 +103,13 @@ def load_frames(root: str | Path, split: str, frame_H: int, frame_W: int) -> Fra
 
     def decode() -> dict:
         both = _decode([f.path for f in images + labels], frame_H, frame_W, split)  # (2N, 3, H, W) uint8
-        return {"images": both[: len(images)], "labels": both[len(images):]}
+        return {"images": both[: len(images)], "labels": both[len(images):],
+                "baselines": copy_baselines(both[: len(images)]).to_state()}
 
     cache = root / CACHE_DIR / f"{split}_{frame_H}x{frame_W}.pt"
     stored = _cached(cache, _fingerprint(root, images + labels), decode)
-    return Frames(images=stored["images"], labels=stored["labels"])
+    return Frames(images=stored["images"], labels=stored["labels"],
+                  baselines=CopyBaselines.from_state(stored["baselines"]))
 
 
 def load_test_sequences(root: str | Path, frame_H: int, frame_W: int) -> dict[str, TestSequence]:

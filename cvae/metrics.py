@@ -1,6 +1,7 @@
 """Image-quality metrics for predicted frames."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,44 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
     return 10.0 * torch.log10(data_range**2 / mse.clamp_min(MIN_MSE))
 
 
-def copy_first_frame_psnr(video: torch.Tensor) -> float:
-    """Mean PSNR of predicting every frame as the first one: the floor a model must beat.
+@dataclass(frozen=True)
+class CopyBaselines:
+    """The PSNR of the two trivial predictors on a video, per frame: the floors a model must beat.
 
-    video: (T, 3, H, W) uint8.
+    copy-first predicts every frame as the first one, as a rollout with no model would;
+    copy-previous predicts frame t as the true frame t-1, the floor of a one-step prediction.
     """
-    frames = video.float() / 255.0
-    return psnr(frames[:1].expand_as(frames[1:]), frames[1:]).mean().item()
+
+    first: np.ndarray  # (T-1,) dB of frames 1..T-1
+    previous: np.ndarray  # (T-1,) dB of frames 1..T-1
+
+    @property
+    def first_mean(self) -> float:
+        return float(self.first.mean())
+
+    @property
+    def previous_mean(self) -> float:
+        return float(self.previous.mean())
+
+    def upto(self, length: int) -> "CopyBaselines":
+        """The baselines of the video's first `length` frames."""
+        return CopyBaselines(self.first[: length - 1], self.previous[: length - 1])
+
+    def to_state(self) -> dict:
+        return {"first": torch.from_numpy(self.first), "previous": torch.from_numpy(self.previous)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "CopyBaselines":
+        return cls(state["first"].numpy(), state["previous"].numpy())
+
+
+def copy_baselines(video: torch.Tensor) -> CopyBaselines:
+    """Copy-first and copy-previous PSNR of every frame of `video` (T, 3, H, W) uint8."""
+    frames = video.float() / 255.0  # (T, 3, H, W)
+    first = psnr(frames[:1].expand_as(frames[1:]), frames[1:])
+    previous = psnr(frames[:-1], frames[1:])
+    return CopyBaselines(first.double().numpy(), previous.double().numpy())
+
 
 
 def save_psnr_csv(path: Path, psnr_per_frame: np.ndarray) -> Path:

@@ -1,159 +1,64 @@
-"""The pose-conditioned video CVAE: five fully convolutional modules working at frame resolution.
+"""The pose-conditioned video CVAE: five modules from the registry, one step, a clip's losses, a rollout.
 
 Frame t is generated from frame t-1 and the pose map of frame t; during training a latent z
 comes from the posterior of the true frame t, at generation time from N(0, I).
-The cost is kept low by doing the wide layers as depthwise-separable blocks
-(a 3x3 depthwise conv between 1x1 convs) and using full 3x3 convs only where few channels run.
+`model` in the config picks the five modules (`MODELS`); `frame_output` how the Generator's raw
+output becomes a frame. Every way of running the model (training, validation, prediction, the
+benchmarks, the memory probe) goes through `VideoCVAE`.
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from cvae import lab_model, light_model
 from cvae.config import TrainConfig
 from cvae.graphs import captured
 
-NEGATIVE_SLOPE = 0.01
+# each file defines RGB_Encoder, Label_Encoder, Gaussian_Predictor, Decoder_Fusion and Generator,
+# each built as Module(in_channels, out_channels); keys are TrainConfig.model's values
+MODELS: dict[str, ModuleType] = {"light": light_model, "lab": lab_model}
 LOGIT_EPS = 1e-3  # keeps logit(prev_frame) finite for black and white pixels
-
-
-class ResidualBlock(nn.Module):
-    """Two 3x3 convs with batch norm around a (1x1-adapted) identity path."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch),
-            nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch),
-        )
-        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
-        self.act = nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.skip(x))
-
-
-class DepthConvBlock(nn.Module):
-    """1x1 to `out_ch`, then a residual depthwise 3x3 + 1x1 on top of it."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__()
-        self.project = nn.Conv2d(in_ch, out_ch, 1)
-        self.body = nn.Sequential(
-            nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, groups=out_ch, bias=False),
-            nn.BatchNorm2d(out_ch),
-            nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
-            nn.Conv2d(out_ch, out_ch, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        projected = self.project(x)
-        return projected + self.body(projected)
-
-
-class RGB_Encoder(nn.Sequential):
-    """(B, 3, H, W) frame -> (B, out_ch, H, W) appearance features."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__(
-            ResidualBlock(in_ch, out_ch // 8),
-            DepthConvBlock(out_ch // 8, out_ch // 4),
-            DepthConvBlock(out_ch // 4, out_ch // 2),
-            DepthConvBlock(out_ch // 2, out_ch),
-        )
-
-
-class Label_Encoder(nn.Sequential):
-    """(B, 3, H, W) pose map -> (B, out_ch, H, W) pose features."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__(
-            nn.ReflectionPad2d(3),
-            nn.Conv2d(in_ch, out_ch // 2, 7, bias=False),
-            nn.BatchNorm2d(out_ch // 2),
-            nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
-            ResidualBlock(out_ch // 2, out_ch),
-        )
-
-
-class Gaussian_Predictor(nn.Module):
-    """Posterior q(z | frame_t, pose_t): features -> z, mu, logvar, each (B, N_dim, H, W)."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__()
-        hidden = 4 * out_ch
-        self.body = nn.Sequential(
-            DepthConvBlock(in_ch, hidden),
-            DepthConvBlock(hidden, hidden),
-            nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv2d(hidden, 2 * out_ch, 1),
-        )
-
-    def forward(self, frame_feat: torch.Tensor, pose_feat: torch.Tensor,
-                eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """eps: (B, N_dim, H, W) standard normal noise, drawn by the caller: a module without random
-        state is one graph for torch.compile and replays the same under a CUDA graph."""
-        mu, logvar = self.body(torch.cat([frame_feat, pose_feat], dim=1)).chunk(2, dim=1)
-        z = mu + eps * torch.exp(0.5 * logvar)  # reparameterisation: gradients flow to mu and logvar
-        return z, mu, logvar
-
-
-class Decoder_Fusion(nn.Sequential):
-    """(B, F+L+N, H, W) previous-frame features, pose features and z -> (B, out_ch, H, W)."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__(
-            DepthConvBlock(in_ch, out_ch // 2),
-            DepthConvBlock(out_ch // 2, out_ch // 2),
-            nn.LeakyReLU(NEGATIVE_SLOPE),
-            nn.Conv2d(out_ch // 2, out_ch, 1),
-        )
-
-
-class Generator(nn.Module):
-    """Fused features (B, in_ch, H, W) and the previous frame (B, 3, H, W) -> frame t in [0, 1].
-
-    Like SVG's skip connections from the last frame: the network predicts a change in logit
-    space on top of the previous frame, and its last layer starts at zero, so an untrained
-    model copies the previous frame and training only has to learn what moves.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            DepthConvBlock(in_ch, in_ch // 2),
-            DepthConvBlock(in_ch // 2, in_ch // 4),
-            DepthConvBlock(in_ch // 4, in_ch // 8),
-            nn.LeakyReLU(NEGATIVE_SLOPE),
-        )
-        self.head = nn.Conv2d(in_ch // 8, out_ch, 3, padding=1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, features: torch.Tensor, prev_frame: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(torch.logit(prev_frame, eps=LOGIT_EPS) + self.head(self.body(features)))
+MASK_OFFSET = -4.0  # added to the mask's logit: an untrained model's mask is 0.018, so it nearly copies
+OUTPUT_CHANNELS = {"residual": 3, "sigmoid": 3, "mask": 4}  # what the Generator draws for each frame_output
 
 
 class VideoCVAE(nn.Module):
-    """The five modules and the two ways of running them: one step, and a whole rollout."""
+    """The five modules of `cfg.model` and the ways of running them: one step, a clip's losses, a rollout."""
 
     def __init__(self, cfg: TrainConfig):
         super().__init__()
+        modules = MODELS[cfg.model]
         self.N_dim = cfg.N_dim
-        self.frame_transformation = RGB_Encoder(3, cfg.F_dim)
-        self.label_transformation = Label_Encoder(3, cfg.L_dim)
-        self.Gaussian_Predictor = Gaussian_Predictor(cfg.F_dim + cfg.L_dim, cfg.N_dim)
-        self.Decoder_Fusion = Decoder_Fusion(cfg.F_dim + cfg.L_dim + cfg.N_dim, cfg.D_out_dim)
-        self.Generator = Generator(cfg.D_out_dim, 3)
+        self.frame_output = cfg.frame_output
+        # the lab's attribute names, so state-dict keys read like the lab's
+        self.frame_transformation = modules.RGB_Encoder(3, cfg.F_dim)
+        self.label_transformation = modules.Label_Encoder(3, cfg.L_dim)
+        self.Gaussian_Predictor = modules.Gaussian_Predictor(cfg.F_dim + cfg.L_dim, cfg.N_dim)
+        self.Decoder_Fusion = modules.Decoder_Fusion(cfg.F_dim + cfg.L_dim + cfg.N_dim, cfg.D_out_dim)
+        self.Generator = modules.Generator(cfg.D_out_dim, OUTPUT_CHANNELS[cfg.frame_output])
+        start_posterior_at_prior(self.Gaussian_Predictor)
+
+    def parts(self) -> tuple[nn.Module, ...]:
+        """The five modules, in the order a step runs them."""
+        return (self.frame_transformation, self.label_transformation, self.Gaussian_Predictor,
+                self.Decoder_Fusion, self.Generator)
 
     def decode(self, prev_frame: torch.Tensor, prev_feat: torch.Tensor, pose_feat: torch.Tensor,
                z: torch.Tensor) -> torch.Tensor:
-        """One step: frame t-1 (B, 3, H, W), its features, pose t's features and z -> frame t (B, 3, H, W)."""
-        return self.Generator(self.Decoder_Fusion(torch.cat([prev_feat, pose_feat, z], dim=1)), prev_frame)
+        """One step: frame t-1 (B, 3, H, W), its features, pose t's features and z -> frame t (B, 3, H, W) in [0, 1]."""
+        raw = self.Generator(self.Decoder_Fusion(prev_feat, pose_feat, z))  # (B, 3 or 4, H, W) unbounded
+        if self.frame_output == "residual":
+            # as SVG's skip from the last frame: a change in logit space on top of the previous frame
+            return torch.sigmoid(torch.logit(prev_frame, eps=LOGIT_EPS) + raw)
+        if self.frame_output == "mask":
+            # where the mask is shut the previous frame passes exactly; elsewhere a newly drawn colour
+            mask = torch.sigmoid(raw[:, 3:] + MASK_OFFSET)  # (B, 1, H, W)
+            return torch.lerp(prev_frame, torch.sigmoid(raw[:, :3]), mask)
+        return torch.sigmoid(raw)  # the lab's: the Generator draws the whole frame
 
     def sample_prior(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Standard normal noise shaped (B, N_dim, H, W) for a batch of frames or features `like` (B, C, H, W)."""
@@ -164,6 +69,35 @@ class VideoCVAE(nn.Module):
     def step(self, prev_frame: torch.Tensor, pose_feat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """One rollout step: frame t-1 (B, 3, H, W), pose t's features and z -> frame t (B, 3, H, W)."""
         return self.decode(prev_frame, self.frame_transformation(prev_frame), pose_feat, z)
+
+    def clip_losses(self, images: torch.Tensor, labels: torch.Tensor, teacher_forced: bool,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction MSE (mean over pixels) and KL (summed over a frame's latent elements), each
+        averaged over the batch's predicted frames.
+
+        images, labels: (B, T, 3, H, W) float in [0, 1]. With teacher forcing every step's previous
+        frame is the true one, so all steps run as one batch; without, the predictions are fed back.
+        """
+        batch, length = images.shape[:2]
+        frame_feat = self.frame_transformation(images.flatten(0, 1)).unflatten(0, (batch, length))  # (B, T, F, H, W)
+        pose_feat = self.label_transformation(labels[:, 1:].flatten(0, 1))  # (B*(T-1), L, H, W)
+        eps = self.sample_prior(pose_feat, generator)  # (B*(T-1), N, H, W)
+        z, mu, logvar = self.Gaussian_Predictor(frame_feat[:, 1:].flatten(0, 1), pose_feat, eps)
+        targets = images[:, 1:].flatten(0, 1)  # (B*(T-1), 3, H, W)
+        if teacher_forced:
+            predictions = self.decode(images[:, :-1].flatten(0, 1), frame_feat[:, :-1].flatten(0, 1), pose_feat, z)
+        else:
+            pose_feat, z = pose_feat.unflatten(0, (batch, length - 1)), z.unflatten(0, (batch, length - 1))
+            prev_frame, prev_feat, steps = images[:, 0], frame_feat[:, 0], []
+            for step in range(length - 1):
+                prediction = self.decode(prev_frame, prev_feat, pose_feat[:, step], z[:, step])  # (B, 3, H, W)
+                steps.append(prediction)
+                if step < length - 2:
+                    prev_frame, prev_feat = prediction, self.frame_transformation(prediction)
+            predictions = torch.stack(steps, dim=1).flatten(0, 1)  # (B*(T-1), 3, H, W)
+        recon = F.mse_loss(predictions.float(), targets.float())
+        # mu: (B*(T-1), N, H, W); the mean over clips and steps equals the per-step KL averaged over steps
+        return recon, kl_divergence(mu.float(), logvar.float())
 
     @torch.no_grad()
     def rollout(self, first_frame: torch.Tensor, poses: torch.Tensor, generator: torch.Generator | None = None,
@@ -178,10 +112,7 @@ class VideoCVAE(nn.Module):
         if cuda_graph and not first_frame.is_cuda:
             raise ValueError(f"rollout: cuda_graph needs CUDA tensors, got them on {first_frame.device}")
         batch, length = poses.shape[:2]
-        pose_feats = torch.cat([  # all pose features at once: they do not depend on the rollout
-            self.label_transformation(chunk)
-            for chunk in poses[:, 1:].flatten(0, 1).split(pose_chunk)
-        ]).unflatten(0, (batch, length - 1))  # (B, T-1, L, H, W)
+        pose_feats = self.pose_features(poses[:, 1:].flatten(0, 1), pose_chunk).unflatten(0, (batch, length - 1))
         video = torch.empty(poses.shape, device=poses.device, dtype=torch.float32)  # (B, T, 3, H, W)
         video[:, 0] = first_frame
         z = self.sample_prior(first_frame, generator)  # (B, N, H, W) for frame 1
@@ -191,6 +122,44 @@ class VideoCVAE(nn.Module):
             if t + 1 < length:
                 z = self.sample_prior(first_frame, generator)
         return video
+
+    @torch.no_grad()
+    def one_step(self, prev_frames: torch.Tensor, poses: torch.Tensor, generator: torch.Generator | None = None,
+                 chunk: int = 128) -> torch.Tensor:
+        """Each frame predicted from the true frame before it, z from the prior, in batches of `chunk`.
+
+        prev_frames, poses: (T, 3, H, W) float, pose i the pose of the frame after prev_frames[i].
+        Returns (T, 3, H, W) float32.
+        """
+        predictions = []
+        for prev_frame, pose in zip(prev_frames.split(chunk), poses.split(chunk)):
+            pose_feat = self.label_transformation(pose)  # (chunk, L, H, W)
+            predictions.append(self.step(prev_frame, pose_feat, self.sample_prior(prev_frame, generator)).float())
+        return torch.cat(predictions)
+
+    def pose_features(self, poses: torch.Tensor, chunk: int) -> torch.Tensor:
+        """(N, 3, H, W) pose maps -> (N, L, H, W), `chunk` at a time: they do not depend on the rollout."""
+        return torch.cat([self.label_transformation(part) for part in poses.split(chunk)])
+
+
+def start_posterior_at_prior(posterior: nn.Module) -> None:
+    """Zero the posterior's last layer, so mu = logvar = 0 and the KL starts at 0.
+
+    With the default initialisation the KL of a frame's N_dim x H x W latent map starts in the
+    thousands while the MSE is about 1e-3: its gradient drowns the reconstruction's (and the
+    gradient clipping scales the rest down with it) until the posterior collapses onto the prior
+    (benchmarks/README.md, c0 against c1).
+    """
+    last = [module for module in posterior.modules() if isinstance(module, nn.Conv2d)][-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q || N(0, I)) summed over latent dims, averaged over the batch: (B, ...) -> scalar."""
+    per_sample = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(dim=1)
+    return per_sample.mean()
 
 
 def parameter_count(model: nn.Module) -> int:

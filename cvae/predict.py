@@ -19,7 +19,7 @@ from cvae import checkpoint
 from cvae.config import TrainConfig
 from cvae.data import TestSequence, load_frames, load_test_sequences
 from cvae.errors import CVAEError, DataError
-from cvae.metrics import psnr, save_psnr_csv
+from cvae.metrics import CopyBaselines, copy_baselines, psnr, save_psnr_csv
 from cvae.model import VideoCVAE
 from cvae.train import build_model, resolve_device, sample_rollouts, to_unit
 from cvae.video import save_gif, side_by_side, to_uint8
@@ -48,6 +48,7 @@ class PredictResult:
     samples: int
     sequences: list[SequenceResult]
     seconds: float
+    baselines: CopyBaselines | None  # of the validation video, with --split val
 
 
 def predict(ckpt: str | Path, out: str | Path, root: str | Path | None = None, split: str = "test",
@@ -91,7 +92,8 @@ def predict(ckpt: str | Path, out: str | Path, root: str | Path | None = None, s
         save_psnr_csv(out / PSNR_CSV, scores[0])
         figure = psnr_figure(scores, title=f"validation video, {Path(ckpt).name}, seed {seed}")
         figure.savefig(out / PSNR_PLOT, dpi=120)
-    return PredictResult(out, split, seed, samples, results, time.perf_counter() - started)
+    baselines = copy_baselines(sequences["val"].images) if split == "val" else None
+    return PredictResult(out, split, seed, samples, results, time.perf_counter() - started, baselines)
 
 
 def load_model(path: str | Path, device: str | None = None) -> tuple[VideoCVAE, TrainConfig]:
@@ -234,6 +236,9 @@ def run(args: argparse.Namespace, ckpt: Path) -> PredictResult:
         per_frame = result.sequences[0].psnr_per_frame[0]
         print(f"validation PSNR {per_frame.mean():.2f} dB, from the rollout and noise the trainer validates with; "
               f"per frame in {result.out / PSNR_CSV} and {result.out / PSNR_PLOT}")
+        print(f"copying the first frame forward gives {result.baselines.first_mean:.2f} dB "
+              f"({per_frame.mean() - result.baselines.first_mean:+.2f} dB for the model); copying the previous "
+              f"true frame {result.baselines.previous_mean:.2f} dB (the one-step floor)")
     return result
 
 

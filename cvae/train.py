@@ -12,10 +12,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cvae import checkpoint
+from cvae.augment import augment_clips
 from cvae.config import TrainConfig
 from cvae.data import VideoData
 from cvae.errors import TrainingDiverged
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 NAN_CHECK_EVERY = 10  # batches between host syncs that look for a NaN loss and refresh the bar
 VAL_NOISE_SEED_OFFSET = 7919  # validation z is drawn from its own stream, the same at every epoch
+ONE_STEP_NOISE_SEED_OFFSET = 104729  # and the one-step prediction's from another
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class EpochReport:
     val_psnr: float  # mean of val_psnr_per_frame
     val_psnr_per_frame: np.ndarray  # (val_vi_len - 1,) dB of predicted frames 1..T-1
     epoch_seconds: float
+    # fields added later keep a default, so checkpoints written before them still load
+    val_psnr_1step: float = math.nan  # mean PSNR of each frame predicted from the true frame before it
 
     def to_state(self) -> dict:
         """Plain values, storable in a weights_only checkpoint."""
@@ -72,42 +75,6 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
-
-
-def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q || N(0, I)) summed over latent dims, averaged over the batch: (B, ...) -> scalar."""
-    per_sample = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(dim=1)
-    return per_sample.mean()
-
-
-def clip_losses(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, teacher_forced: bool,
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction and KL loss of a batch of clips, each averaged over the clip's time steps.
-
-    images, labels: (B, T, 3, H, W) float in [0, 1]. With teacher forcing every step's previous
-    frame is the true one, so all steps run as one batch; without, the predictions are fed back.
-    """
-    batch, length = images.shape[:2]
-    frame_feat = model.frame_transformation(images.flatten(0, 1)).unflatten(0, (batch, length))  # (B, T, F, H, W)
-    pose_feat = model.label_transformation(labels[:, 1:].flatten(0, 1))  # (B*(T-1), L, H, W)
-    eps = model.sample_prior(pose_feat, generator)  # (B*(T-1), N, H, W)
-    z, mu, logvar = model.Gaussian_Predictor(frame_feat[:, 1:].flatten(0, 1), pose_feat, eps)
-    targets = images[:, 1:].flatten(0, 1)  # (B*(T-1), 3, H, W)
-    if teacher_forced:
-        predictions = model.decode(images[:, :-1].flatten(0, 1), frame_feat[:, :-1].flatten(0, 1), pose_feat, z)
-    else:
-        pose_feat, z = pose_feat.unflatten(0, (batch, length - 1)), z.unflatten(0, (batch, length - 1))
-        prev_frame, prev_feat, steps = images[:, 0], frame_feat[:, 0], []
-        for step in range(length - 1):
-            prediction = model.decode(prev_frame, prev_feat, pose_feat[:, step], z[:, step])  # (B, 3, H, W)
-            steps.append(prediction)
-            if step < length - 2:
-                prev_frame, prev_feat = prediction, model.frame_transformation(prediction)
-        predictions = torch.stack(steps, dim=1).flatten(0, 1)
-    recon = F.mse_loss(predictions.float(), targets.float())
-    # mu: (B*(T-1), N, H, W); the mean over clips and steps equals the per-step KL averaged over steps
-    kl = kl_divergence(mu.float(), logvar.float())
-    return recon, kl
 
 
 def sample_rollouts(model: VideoCVAE, first_frame: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
@@ -142,6 +109,22 @@ def validate(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, cfg: 
     frames = sample_rollouts(model, images[0], labels, cfg, seed)[0]  # (T, 3, H, W)
     model.train(was_training)
     return psnr(frames[1:], to_unit(images[1:])).cpu().numpy().astype(np.float64)
+
+
+def validate_one_step(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                      seed: int) -> np.ndarray:
+    """Each validation frame predicted from the true frame before it, z ~ N(0, I), in batches.
+
+    images, labels: (T, 3, H, W) uint8 on the model's device. Returns (T-1,) PSNR of frames 1..T-1:
+    below copy-previous, the model has not learnt motion; above it but with a poor rollout, it drifts.
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(images.device).manual_seed(seed + ONE_STEP_NOISE_SEED_OFFSET)
+    with compile_fallback(cfg), autocast(cfg, images.device):
+        frames = model.one_step(to_unit(images[:-1]), to_unit(labels[1:]), generator)  # (T-1, 3, H, W)
+    model.train(was_training)
+    return psnr(frames, to_unit(images[1:])).cpu().numpy().astype(np.float64)
 
 
 def memory_format(cfg: TrainConfig) -> torch.memory_format:
@@ -196,8 +179,7 @@ def compile_modules(model: VideoCVAE) -> None:
     teacher-forced pass, the free-running steps and the rollout. Compilation happens at the first
     call, under `compile_fallback`.
     """
-    for module in (model.frame_transformation, model.label_transformation, model.Gaussian_Predictor,
-                   model.Decoder_Fusion, model.Generator):
+    for module in model.parts():
         module.compile()
 
 
@@ -207,11 +189,22 @@ def compile_fallback(cfg: TrainConfig):
     return torch._dynamo.config.patch(suppress_errors=True) if cfg.compile else contextlib.nullcontext()
 
 
+def kl_term(cfg: TrainConfig, kl_per_frame: torch.Tensor, frame_elements: int) -> torch.Tensor:
+    """The KL as the loss weighs it against the MSE, which is a mean over a frame's 3*H*W elements.
+
+    lab: the KL summed over a frame's latent elements, as the lab code has it. elbo: that sum
+    divided by 3*H*W, so both terms are per pixel element and their sum is the negative ELBO of a
+    Gaussian decoder (variance 1/2) divided by the pixel count.
+    """
+    return kl_per_frame / frame_elements if cfg.loss == "elbo" else kl_per_frame
+
+
 def train_step(model: VideoCVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                teacher_forced: bool, beta: float, noise_rng: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
     """One optimizer step on a batch of clips (B, T, 3, H, W) uint8; returns (loss, recon, kl) without a host sync."""
     with compile_fallback(cfg), autocast(cfg, images.device):
-        recon, kl = clip_losses(model, to_unit(images), to_unit(labels), teacher_forced, noise_rng)
+        recon, kl = model.clip_losses(to_unit(images), to_unit(labels), teacher_forced, noise_rng)
+    kl = kl_term(cfg, kl, images[0, 0].numel())
     loss = recon + beta * kl
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -220,19 +213,38 @@ def train_step(model: VideoCVAE, optimizer: torch.optim.Optimizer, images: torch
     return torch.stack([loss.detach(), recon.detach(), kl.detach()])
 
 
+@dataclass
+class Training:
+    """What a run of `cfg` trains with, before the first step: built by `setup` for `fit` and everyone who measures it."""
+
+    device: torch.device
+    model: VideoCVAE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data_rng: torch.Generator  # clip order and teacher-forcing draws
+    noise_rng: torch.Generator  # posterior samples, on the device
+
+
+def setup(cfg: TrainConfig, device: torch.device | None = None) -> Training:
+    """The seeded model of cfg.model, its optimizer, LR scheduler and random generators on `device` (default: cfg's)."""
+    device = resolve_device(cfg) if device is None else device
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = build_model(cfg, device)
+    optimizer = make_optimizer(cfg, model.parameters())
+    return Training(device=device, model=model, optimizer=optimizer, scheduler=make_lr_scheduler(cfg, optimizer),
+                    data_rng=torch.Generator().manual_seed(cfg.seed),
+                    noise_rng=torch.Generator(device).manual_seed(cfg.seed + 1))
+
+
 def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
         resume_from: str | Path | None = None, progress: bool = True) -> History:
     """Train `cfg` on `data`; call every callback after each epoch; checkpoint into cfg.save_root."""
-    device = resolve_device(cfg)
     callbacks = list(callbacks)
     ckpt_dir = Path(cfg.save_root) / "checkpoints"
-    torch.manual_seed(cfg.seed)  # model initialisation
-    model = build_model(cfg, device)
+    training = setup(cfg)
+    device, model, optimizer, scheduler = training.device, training.model, training.optimizer, training.scheduler
+    data_rng, noise_rng = training.data_rng, training.noise_rng
     log.info("computing in %s on %s", precision(cfg, device), device)
-    optimizer = make_optimizer(cfg, model.parameters())
-    scheduler = make_lr_scheduler(cfg, optimizer)
-    data_rng = torch.Generator().manual_seed(cfg.seed)  # clip order and teacher-forcing draws
-    noise_rng = torch.Generator(device).manual_seed(cfg.seed + 1)  # posterior samples
     history = History()
     start_epoch = 0
     if resume_from is not None:
@@ -268,8 +280,10 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.num_epoch}", leave=False, disable=not progress)
         for index, clip_ids in enumerate(bar):
             clip_ids = clip_ids.to(device)
-            sums += train_step(model, optimizer, train_images[clip_ids], train_labels[clip_ids],
-                               forced[index], beta, noise_rng, cfg)
+            images, labels = train_images[clip_ids], train_labels[clip_ids]  # (B, T, 3, H, W) uint8
+            if cfg.augment:
+                images, labels = augment_clips(images, labels, data_rng)
+            sums += train_step(model, optimizer, images, labels, forced[index], beta, noise_rng, cfg)
             if (index + 1) % NAN_CHECK_EVERY == 0 or index + 1 == len(batches):
                 means = (sums / (index + 1)).tolist()
                 _check_finite(means, epoch, index)
@@ -277,8 +291,11 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
         scheduler.step()
         mean_loss, mean_recon, mean_kl = (sums / len(batches)).tolist()
         per_frame = validate(model, val_images, val_labels, cfg, cfg.seed)
-        report = EpochReport(epoch, mean_loss, mean_recon, mean_kl, beta, tfr, lr, float(per_frame.mean()),
-                             per_frame, time.perf_counter() - started)
+        one_step = validate_one_step(model, val_images, val_labels, cfg, cfg.seed)
+        report = EpochReport(epoch=epoch, train_loss=mean_loss, train_recon=mean_recon, train_kl=mean_kl,
+                             kl_beta=beta, tfr=tfr, lr=lr, val_psnr=float(per_frame.mean()),
+                             val_psnr_per_frame=per_frame, epoch_seconds=time.perf_counter() - started,
+                             val_psnr_1step=float(one_step.mean()))
         history.epochs.append(report)
         stop = any([bool(callback(report)) for callback in callbacks])  # a list: every callback sees every epoch
         last_epoch = epoch + 1 == cfg.num_epoch or stop

@@ -32,8 +32,7 @@ import torch
 from cvae.config import TrainConfig
 from cvae.data import load_video_data
 from cvae.errors import CVAEError
-from cvae.schedules import make_optimizer
-from cvae.train import build_model, train_step, validate
+from cvae.train import setup, train_step, validate, validate_one_step
 from experiments.errors import SweepError, one_line
 from experiments.spec import SweepSpec, group_label, train_config
 from experiments.workers import bind_device, cpu_count
@@ -141,14 +140,13 @@ def _trial_peak(cfg: TrainConfig, gpu: int) -> int:
         train_images = data.train_images.to(device)  # (n_clips, T, 3, H, W) uint8, all of it, as fit holds it
         train_labels = data.train_labels.to(device)
         val_images, val_labels = data.val_images.to(device), data.val_labels.to(device)  # (T_val, 3, H, W)
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg, device)
-        optimizer = make_optimizer(cfg, model.parameters())
-        noise_rng = torch.Generator(device).manual_seed(cfg.seed)
+        training = setup(cfg, device)
         clips = slice(0, cfg.batch_size)  # a full batch, or every clip when there are fewer
         for teacher_forced in (True, False):
-            train_step(model, optimizer, train_images[clips], train_labels[clips], teacher_forced, 1.0, noise_rng, cfg)
-        validate(model, val_images, val_labels, cfg, cfg.seed)
+            train_step(training.model, training.optimizer, train_images[clips], train_labels[clips], teacher_forced,
+                       1.0, training.noise_rng, cfg)
+        validate(training.model, val_images, val_labels, cfg, cfg.seed)
+        validate_one_step(training.model, val_images, val_labels, cfg, cfg.seed)
         return torch.cuda.max_memory_reserved(device)
     except torch.cuda.OutOfMemoryError as err:
         # torch's own message runs to several sentences about the allocator; its first says enough

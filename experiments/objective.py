@@ -117,6 +117,7 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun, resume_from: Path | None = None) -> float:
         data = self._load(cfg)
+        run.log_baselines(data.baselines)  # before training, so a pruned or interrupted trial has them too
         pruning = PruningCallback(trial, self.spec.metric)
         history = fit(cfg, data, callbacks=[run, pruning], resume_from=resume_from, progress=False)
         if pruning.pruned:

@@ -41,7 +41,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from cvae.config import TrainConfig
+from cvae.config import LEGACY_VALUES, TrainConfig
 from experiments.errors import SpecError, one_line, show
 from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group_label, trial_plan
 
@@ -327,6 +327,8 @@ def _check_base(spec: SweepSpec, study: optuna.Study) -> None:
     stored = study.user_attrs.get("sweep_config")
     base = json.loads(json.dumps({**TrainConfig().to_dict(), **spec.base}))
     base.pop("seed")
+    if stored is not None:  # a field added since the study started counts as its old behaviour
+        stored = {**LEGACY_VALUES, **stored}
     if stored is None:
         study.set_user_attr("sweep_config", base)
     elif stored != base:

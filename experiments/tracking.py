@@ -12,6 +12,7 @@ so `mlflow ui` started next to `mlflow.db` finds runs and artifacts alike.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
 import urllib.parse
@@ -26,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from cvae.config import TrainConfig
+from cvae.metrics import CopyBaselines
 from cvae.train import EpochReport
 from experiments.errors import SweepError, one_line
 
@@ -34,11 +36,18 @@ IS_PARENT = "sweep.parent"
 STATUS = "sweep.status"  # a child run's Optuna state (RUNNING, COMPLETE, FAILED, PRUNED), beside MLflow's status
 ERROR = "sweep.error"
 RUN_STATUS = {"COMPLETE": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED"}
+ONE_STEP_METRIC = "val/psnr_1step"  # each validation frame predicted from the true frame before it
 # metric name -> EpochReport field, logged with step=epoch (0-based, as in the report)
 EPOCH_METRICS = {"train/loss": "train_loss", "train/recon": "train_recon", "train/kl": "train_kl",
                  "kl_beta": "kl_beta", "tfr": "tfr", "lr": "lr", "val/psnr": "val_psnr",
-                 "epoch_seconds": "epoch_seconds"}
+                 ONE_STEP_METRIC: "val_psnr_1step", "epoch_seconds": "epoch_seconds"}
 FRAME_METRIC = "val/psnr_frame"  # step = frame number, 1..T-1, as in the CSV
+# the copy baselines of the validation video, logged once per trial
+COPY_FIRST_METRIC = "baseline/copy_first"  # step 0: the mean over frames 1..T-1
+COPY_PREVIOUS_METRIC = "baseline/copy_previous"  # step 0: the mean over frames 1..T-1
+BASELINE_METRICS = {COPY_FIRST_METRIC: "first_mean", COPY_PREVIOUS_METRIC: "previous_mean"}  # -> CopyBaselines
+COPY_FIRST_FRAME_METRIC = "baseline/copy_first_frame"  # step = frame number, 1..T-1, as FRAME_METRIC
+RUN_METRICS = (*EPOCH_METRICS, FRAME_METRIC, *BASELINE_METRICS, COPY_FIRST_FRAME_METRIC)  # all a trial's run holds
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_TAG_CHARS = 5000
 MAX_RUN_NAME_CHARS = 250
@@ -191,7 +200,7 @@ class TrialRun:
         have no gap whatever the interruption cut short.
         """
         logged = {name: {m.step for m in _retry(client.get_metric_history, run_id, name)}
-                  for name in (*EPOCH_METRICS, FRAME_METRIC)}
+                  for name in RUN_METRICS}
         _retry(client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         _retry(client.log_batch, run_id, tags=_tags({STATUS: "RUNNING", **tags}))
         if ERROR in client.get_run(run_id).data.tags:
@@ -205,30 +214,46 @@ class TrialRun:
         """Log the epoch's metrics, each unless this run has it already (logged before an interruption).
 
         The epochs a resumed trial trains again after its checkpoint come out the same on the CPU (and
-        nearly so on a GPU); the first value logged is kept, so every step has one value.
+        nearly so on a GPU); the first value logged is kept, so every step has one value. A NaN is not
+        logged: it is what a report from a checkpoint older than a field (`val_psnr_1step`) holds.
         """
         now = _now_ms()
-        metrics = [Metric(name, float(getattr(report, field)), now, report.epoch)
-                   for name, field in EPOCH_METRICS.items() if report.epoch not in self.logged.get(name, ())]
-        if metrics:
-            _retry(self.client.log_batch, self.run_id, metrics=metrics)
+        metrics = [Metric(name, value, now, report.epoch) for name, field in EPOCH_METRICS.items()
+                   if report.epoch not in self.logged.get(name, ())
+                   and not math.isnan(value := float(getattr(report, field)))]
+        self._log_metrics(metrics)
+
+    def log_baselines(self, baselines: CopyBaselines) -> None:
+        """The validation video's copy baselines: both means at step 0, and copy-first per frame (step = frame).
+
+        Logged once: a resumed run that has them already is left as it is.
+        """
+        now = _now_ms()
+        means = [Metric(name, float(getattr(baselines, field)), now, 0)
+                 for name, field in BASELINE_METRICS.items() if 0 not in self.logged.get(name, ())]
+        self._log_metrics(means + self._per_frame(COPY_FIRST_FRAME_METRIC, baselines.first, now))
 
     def log_final(self, psnr_per_frame: np.ndarray, artifacts: Mapping[str, Path]) -> None:
         """The final validation's PSNR per frame as `val/psnr_frame` (step = frame), and files as artifacts.
 
         `artifacts` maps an artifact path (`checkpoints/best.ckpt`) to the local file to upload.
         """
-        now = _now_ms()
-        metrics = [Metric(FRAME_METRIC, float(value), now, frame)
-                   for frame, value in enumerate(psnr_per_frame, start=1)
-                   if frame not in self.logged.get(FRAME_METRIC, ())]
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            _retry(self.client.log_batch, self.run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+        self._log_metrics(self._per_frame(FRAME_METRIC, psnr_per_frame, _now_ms()))
         for artifact_path, local in artifacts.items():
             folder = str(Path(artifact_path).parent)
             if Path(artifact_path).name != local.name:
                 raise ValueError(f"artifact {artifact_path} must keep its file's name {local.name}")
             self.client.log_artifact(self.run_id, str(local), artifact_path=None if folder == "." else folder)
+
+    def _per_frame(self, name: str, values: np.ndarray, now: int) -> list[Metric]:
+        """`values` of frames 1..T-1 as metric `name` with step = frame, less the frames the run has already."""
+        return [Metric(name, float(value), now, frame) for frame, value in enumerate(values, start=1)
+                if frame not in self.logged.get(name, ())]
+
+    def _log_metrics(self, metrics: list[Metric]) -> None:
+        """In batches of at most MLflow's limit."""
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            _retry(self.client.log_batch, self.run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
 
     def end(self, status: str, error: str | None = None, interrupted: bool = False) -> None:
         """Close the run: `status` is the trial's Optuna state name (COMPLETE, FAILED or PRUNED).

@@ -17,10 +17,14 @@ from matplotlib.colors import to_rgb
 from mlflow import MlflowClient
 
 from analysis import figures, stats, tables
+from analysis.document import markdown_table
 from analysis.errors import ReportError
 from analysis.labels import configuration_label, kl_setting, number, swept_keys, tfr_setting
 from analysis.runs import connect, load_study, load_sweep, sweep_names
 from cvae.config import TrainConfig
+from cvae.data import load_video_data
+from cvae.metrics import CopyBaselines
+from cvae.train import EpochReport
 from experiments.launcher import configure
 from experiments.spec import group_key, load_spec, trial_plan
 from experiments.study import open_study
@@ -89,6 +93,51 @@ def logged_sweeps(basetemp: Path, data: Path) -> Path:
     return folder
 
 
+# Sweeps logged with experiments.tracking, without training, so every value is known: per trial its lr,
+# seed, val PSNR and one-step PSNR per epoch. Every trial's validation video has these copy baselines:
+KNOWN_TRIALS = [(1e-3, 1, [20.5, 22.0], [28.0, 30.0]), (1e-3, 2, [21.0, 23.0], [28.0, 31.0]),
+                (1e-2, 1, [19.0, 19.5], [27.0, 27.5])]
+KNOWN_BASELINES = CopyBaselines(first=np.array([21.0, 20.0, 19.0]), previous=np.array([30.0, 29.0, 28.0]))
+AHEAD, BEHIND = "lr 1e-3", "lr 0.01"  # final val PSNR 22.5 and 19.5 against copy-first's 20
+
+
+def log_known_sweeps(folder: Path) -> str:
+    """`known` (KNOWN_TRIALS with their baselines) and `old` (the same, logged as before the baselines and
+    the one-step PSNR were) in folder/known.db; returns its URI."""
+    uri = f"sqlite:///{folder / 'known.db'}"
+    client = MlflowClient(uri)
+    for name, baselines in (("old", None), ("known", KNOWN_BASELINES)):
+        parent = open_parent_run(uri, name, f"{name}-id", tags={})
+        for number_, (lr, seed, psnrs, one_steps) in enumerate(KNOWN_TRIALS):
+            tags = {"optuna.trial_number": str(number_), "sweep.group_key": f"lr{lr}", "sweep.group_label": f"lr={lr}",
+                    "sweep.seed": str(seed)}
+            run = TrialRun.start(client, parent, f"lr {lr} | seed {seed}", TrainConfig(lr=lr, seed=seed, num_epoch=2),
+                                 tags)
+            if baselines is not None:
+                run.log_baselines(baselines)
+            for epoch, (psnr, one_step) in enumerate(zip(psnrs, one_steps)):
+                run(EpochReport(epoch, 1.0, 1.0, 0.0, 1.0, 1.0, lr, psnr, np.full(3, psnr), 1.0,
+                                one_step if baselines is not None else float("nan")))
+            run.log_final(np.full(3, psnrs[-1]), {})
+            run.end("COMPLETE")
+    return uri
+
+
+@pytest.fixture(scope="session")
+def known_uri(tmp_path_factory) -> str:
+    return log_known_sweeps(tmp_path_factory.mktemp("known"))
+
+
+@pytest.fixture(scope="session")
+def known(known_uri):
+    return load_sweep(known_uri, sweep="known")
+
+
+@pytest.fixture(scope="session")
+def old(known_uri):
+    return load_sweep(known_uri, sweep="old")
+
+
 @pytest.fixture(scope="session")
 def swept(tmp_path_factory, small_dataset) -> Path:
     return logged_sweeps(tmp_path_factory.getbasetemp(), small_dataset)
@@ -148,9 +197,9 @@ def test_one_row_per_trial_with_its_configuration_seed_and_status(ablation, swep
 def test_one_row_per_trial_epoch_and_metric_with_the_logged_schedules(ablation):
     epochs = ablation.epochs
     # the diverged trials stopped before their first epoch was logged
-    assert len(epochs) == 4 * 4 * 8 and set(epochs["status"]) == {"COMPLETE"}
+    assert len(epochs) == 4 * 4 * 9 and set(epochs["status"]) == {"COMPLETE"}
     assert set(epochs["metric"]) == {"train/loss", "train/recon", "train/kl", "kl_beta", "tfr", "lr", "val/psnr",
-                                     "epoch_seconds"}
+                                     "val/psnr_1step", "epoch_seconds"}
     assert epochs.groupby(["run_id", "metric"])["epoch"].apply(list).map(tuple).unique().tolist() == [(1, 2, 3, 4)]
 
     def curve(config: str, metric: str) -> list[float]:
@@ -170,6 +219,27 @@ def test_one_row_per_trial_and_frame(ablation):
     assert frames.groupby("run_id")["frame"].apply(list).map(tuple).unique().tolist() == [tuple(range(1, 8))]
     mean = frames.groupby("run_id")["psnr"].mean()
     assert mean.to_dict() == pytest.approx(finished(ablation.trials).set_index("run_id")["final_val_psnr"].to_dict())
+
+
+def test_each_trial_has_the_copy_baselines_of_its_validation_video(ablation, uri):
+    done = finished(ablation.trials)
+    run = MlflowClient(uri).get_run(done["run_id"].iloc[0])
+    baselines = load_video_data(TrainConfig.from_dict(run.data.params)).baselines  # as the trial loaded it
+    assert done["copy_first"].tolist() == pytest.approx([baselines.first_mean] * 4)
+    assert done["copy_previous"].tolist() == pytest.approx([baselines.previous_mean] * 4)
+    copied = ablation.baseline_frames[ablation.baseline_frames["run_id"] == run.info.run_id]
+    assert copied["frame"].tolist() == list(range(1, 8)) and copied["psnr"].tolist() == pytest.approx(baselines.first)
+    one_step = ablation.epochs[(ablation.epochs["run_id"] == run.info.run_id)
+                               & (ablation.epochs["metric"] == "val/psnr_1step")]
+    assert done["final_val_psnr_1step"].iloc[0] == one_step["value"].iloc[-1] and one_step["epoch"].tolist() == [
+        1, 2, 3, 4]
+
+
+def test_runs_logged_before_the_baselines_read_as_missing_values(old):
+    assert old.trials["copy_first"].isna().all() and old.trials["copy_previous"].isna().all()
+    assert old.trials["final_val_psnr_1step"].isna().all() and old.baseline_frames.empty
+    assert "val/psnr_1step" not in set(old.epochs["metric"])
+    assert old.trials["final_val_psnr"].tolist() == [22.0, 23.0, 19.5]
 
 
 def test_without_a_name_the_latest_sweep_is_read(uri, ablation):
@@ -256,11 +326,44 @@ def test_summary_table_ranks_configurations_and_counts_failures_apart(ablation):
     assert np.isnan(table.iloc[2]["final_val_psnr_mean"])  # the failed seeds are never averaged in
     shown = tables.formatted(table)
     assert shown.columns.tolist() == ["#", "configuration", "seeds", "failed", "pruned", "final val PSNR (dB)",
-                                      "best val PSNR (dB)", "PSNR frames 1-3 (dB)", "PSNR last 3 frames (dB)",
-                                      "epochs", "wall time / trial"]
+                                      "best val PSNR (dB)", "gain over copy-first (dB)", "one-step val PSNR (dB)",
+                                      "PSNR frames 1-3 (dB)", "PSNR last 3 frames (dB)", "epochs", "wall time / trial"]
     assert shown.loc[0, "final val PSNR (dB)"] == f"{table.loc[0, 'final_val_psnr_mean']:.2f} ± " \
                                                   f"{table.loc[0, 'final_val_psnr_std']:.2f}"
     assert shown.loc[2, "final val PSNR (dB)"] == "-" and shown.loc[2, "failed"] == 2
+
+
+def test_the_table_gains_over_copy_first_and_ends_with_the_baselines(known):
+    table = tables.with_baselines(tables.summary_table(known.trials, known.frames), known.trials, known.baseline_frames)
+    assert table["configuration"].tolist() == [AHEAD, BEHIND, "copy first frame", "copy previous frame"]
+    rows = table.set_index("configuration")
+    assert rows.loc[[AHEAD, BEHIND], "gain_over_copy_first"].tolist() == pytest.approx([2.5, -0.5])  # 22.5 - 20, 19.5 - 20
+    assert rows.loc[[AHEAD, BEHIND], "final_val_psnr_1step_mean"].tolist() == [30.5, 27.5]
+    copy_first, copy_previous = rows.loc["copy first frame"], rows.loc["copy previous frame"]
+    assert copy_first[["final_val_psnr_mean", "psnr_first_1_mean", "psnr_last_1_mean"]].tolist() == [20.0, 21.0, 19.0]
+    assert copy_previous["final_val_psnr_1step_mean"] == 29.0 and pd.isna(copy_previous["final_val_psnr_mean"])
+    assert copy_first[["seeds", "failed", "best_val_psnr_mean", "gain_over_copy_first", "epochs"]].isna().all()
+
+    shown = tables.formatted(table).set_index("configuration")
+    assert shown["#"].tolist() == [1, 2, "", ""]
+    assert shown["final val PSNR (dB)"].tolist() == ["22.50 ± 0.71", "19.50", "20.00", ""]
+    assert shown["gain over copy-first (dB)"].tolist() == ["+2.50", "-0.50", "", ""]
+    assert shown["one-step val PSNR (dB)"].tolist() == ["30.50 ± 0.71", "27.50", "", "29.00"]
+    assert shown["PSNR frames 1-1 (dB)"].tolist() == ["22.50 ± 0.71", "19.50", "21.00", ""]
+    assert shown.loc["copy previous frame", ["seeds", "best val PSNR (dB)", "epochs", "wall time / trial"]].tolist() == [
+        "", "", "", ""]
+    markdown = markdown_table(tables.formatted(table))
+    assert "| copy first frame |  |  |  | 20.00 |  |  |  | 21.00 | 19.00 |  |  |" in markdown
+    assert markdown.splitlines()[1].startswith("| ---: | --- | ---: |")  # ranks and counts stay numbers with blanks
+
+
+def test_runs_logged_before_the_baselines_make_the_table_as_before(old):
+    table = tables.summary_table(old.trials, old.frames)
+    assert tables.with_baselines(table, old.trials, old.baseline_frames) is table  # no baseline row to add
+    assert tables.formatted(table).columns.tolist() == [
+        "#", "configuration", "seeds", "failed", "pruned", "final val PSNR (dB)", "best val PSNR (dB)",
+        "PSNR frames 1-1 (dB)", "PSNR last 1 frames (dB)", "epochs", "wall time / trial"]
+    assert table["gain_over_copy_first"].isna().all()
 
 
 def test_welch_comparison_against_the_best():
@@ -343,10 +446,43 @@ def test_schedules_have_one_line_per_distinct_setting(ablation, colours):
 
 def test_val_psnr_curves_mean_over_seeds(ablation, colours):
     fig = figures.val_psnr_curves(finished(ablation.epochs), colours)
-    [ax] = fig.axes
-    assert line_colours(ax) == [colours[CYCLICAL], colours[MONOTONIC]]
+    ax, one_step = fig.axes  # the rollout's and the one-step PSNR's
+    assert line_colours(ax) == line_colours(one_step) == [colours[CYCLICAL], colours[MONOTONIC]]
     done = finished(ablation.trials).set_index("configuration")
     assert ax.get_lines()[1].get_ydata()[-1] == pytest.approx(done.loc[MONOTONIC, "final_val_psnr"].mean())
+    assert one_step.get_lines()[1].get_ydata()[-1] == pytest.approx(done.loc[MONOTONIC, "final_val_psnr_1step"].mean())
+
+
+GREY = to_rgb("0.5")
+
+
+def test_the_copy_baselines_are_dashed_grey_references(known):
+    colours = figures.palette(known.configurations)
+    fig = figures.psnr_per_frame(known.frames, colours, known.baseline_frames)
+    [ax] = fig.axes
+    *_, copy_first = ax.get_lines()
+    assert copy_first.get_ydata().tolist() == [21.0, 20.0, 19.0] and copy_first.get_xdata().tolist() == [1, 2, 3]
+    assert (to_rgb(copy_first.get_color()), copy_first.get_linestyle()) == (GREY, "--")
+    assert legend_labels(fig) == [AHEAD, BEHIND, "copy first frame"]
+
+    fig = figures.val_psnr_curves(known.epochs, colours, copy_first=20.0, copy_previous=29.0)
+    rollout, one_step = fig.axes
+    assert [line.get_ydata()[-1] for line in one_step.get_lines()[:2]] == [30.5, 27.5]  # the configurations' means
+    assert list(rollout.get_lines()[-1].get_ydata()) == [20.0, 20.0]  # a level across the panel
+    assert list(one_step.get_lines()[-1].get_ydata()) == [29.0, 29.0]
+    assert {(to_rgb(ax.get_lines()[-1].get_color()), ax.get_lines()[-1].get_linestyle()) for ax in fig.axes} == {
+        (GREY, "--")}
+    assert legend_labels(fig) == [AHEAD, BEHIND, "copy first frame", "copy previous frame"]
+    assert_legend_below_axes(fig)
+
+
+def test_runs_logged_before_the_baselines_draw_no_reference(old):
+    colours = figures.palette(old.configurations)
+    fig = figures.psnr_per_frame(old.frames, colours, old.baseline_frames)
+    assert GREY not in line_colours(fig.axes[0]) and legend_labels(fig) == [AHEAD, BEHIND]
+    fig = figures.val_psnr_curves(old.epochs, colours, copy_first=float("nan"), copy_previous=float("nan"))
+    [ax] = fig.axes  # no one-step panel either
+    assert line_colours(ax) == [colours[AHEAD], colours[BEHIND]] and legend_labels(fig) == [AHEAD, BEHIND]
 
 
 def test_coincident_curves_are_found_so_they_can_be_dashed():

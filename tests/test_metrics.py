@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 import torch
 
-from cvae.metrics import copy_first_frame_psnr, psnr, save_psnr_csv
+from cvae.metrics import copy_baselines, psnr, save_psnr_csv
 
 
 def numpy_psnr(prediction, target):
@@ -29,10 +30,14 @@ def test_psnr_of_identical_frames_is_capped():
     assert psnr(frame, frame).item() == 100.0
 
 
-def test_copy_first_frame_baseline():
-    video = torch.zeros(3, 3, 4, 4, dtype=torch.uint8)
-    video[2] = 255  # frame 1 equals frame 0 (100 dB), frame 2 is all wrong (0 dB)
-    assert copy_first_frame_psnr(video) == 50.0
+def test_copy_baselines_per_frame():
+    video = torch.zeros(4, 3, 4, 4, dtype=torch.uint8)
+    video[2:] = 255  # frame 1 equals frame 0, frames 2 and 3 are all wrong against it; 3 equals 2
+    baselines = copy_baselines(video)
+    assert baselines.first.tolist() == [100.0, 0.0, 0.0]
+    assert baselines.previous.tolist() == [100.0, 0.0, 100.0]
+    assert baselines.first_mean == pytest.approx(100 / 3) and baselines.previous_mean == pytest.approx(200 / 3)
+    assert baselines.upto(3).first.tolist() == [100.0, 0.0]
 
 
 def test_psnr_csv(tmp_path):

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from cvae.config import TrainConfig
-from cvae.model import (Decoder_Fusion, Gaussian_Predictor, Generator, Label_Encoder, RGB_Encoder, VideoCVAE,
-                        parameter_count)
+from cvae.config import FRAME_OUTPUTS, MODEL_NAMES
+from cvae.light_model import Decoder_Fusion, Gaussian_Predictor, Generator, Label_Encoder, RGB_Encoder
+from cvae.model import MODELS, VideoCVAE, parameter_count
 
 
 def test_module_shapes_at_frame_resolution():
@@ -13,10 +14,24 @@ def test_module_shapes_at_frame_resolution():
     z, mu, logvar = Gaussian_Predictor(160, 12)(torch.rand(2, 128, 32, 64), torch.rand(2, 32, 32, 64),
                                                 torch.randn(2, 12, 32, 64))
     assert z.shape == mu.shape == logvar.shape == (2, 12, 32, 64)
-    assert Decoder_Fusion(172, 192)(torch.rand(2, 172, 32, 64)).shape == (2, 192, 32, 64)
-    generated = Generator(192, 3)(torch.rand(2, 192, 32, 64), torch.rand(2, 3, 32, 64))
-    assert generated.shape == (2, 3, 32, 64)
-    assert generated.min() >= 0 and generated.max() <= 1
+    fused = Decoder_Fusion(172, 192)(torch.rand(2, 128, 32, 64), torch.rand(2, 32, 32, 64), torch.rand(2, 12, 32, 64))
+    assert fused.shape == (2, 192, 32, 64)
+    assert Generator(192, 3)(torch.rand(2, 192, 32, 64)).shape == (2, 3, 32, 64)
+
+
+def test_every_model_name_of_the_config_is_in_the_registry():
+    assert set(MODELS) == set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("frame_output", FRAME_OUTPUTS)
+def test_each_model_steps_to_frames_in_the_unit_range(name, frame_output):
+    model = VideoCVAE(TrainConfig(model=name, frame_output=frame_output, F_dim=16, L_dim=8, N_dim=4,
+                                  D_out_dim=16)).eval()
+    frames = model.step(torch.rand(2, 3, 8, 16), model.label_transformation(torch.rand(2, 3, 8, 16)),
+                        torch.randn(2, 4, 8, 16))
+    assert frames.shape == (2, 3, 8, 16)
+    assert frames.min() >= 0 and frames.max() <= 1
 
 
 def test_default_model_size():
@@ -59,13 +74,18 @@ def test_rollout_feeds_back_and_is_seeded():
     assert not torch.equal(video, other)
 
 
-def test_untrained_generator_copies_the_previous_frame():
-    generator = Generator(16, 3)
+def test_untrained_light_model_with_residual_output_copies_the_previous_frame():
+    model = VideoCVAE(TrainConfig(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16, frame_output="residual")).eval()
     prev_frame = torch.rand(2, 3, 8, 16) * 0.9 + 0.05
-    assert torch.allclose(generator(torch.rand(2, 16, 8, 16), prev_frame), prev_frame, atol=1e-5)
+    step = model.step(prev_frame, torch.rand(2, 8, 8, 16), torch.randn(2, 2, 8, 16))
+    assert torch.allclose(step, prev_frame, atol=1e-5)
 
 
 def test_a_cuda_graph_rollout_of_cpu_tensors_is_refused():
     model = VideoCVAE(TrainConfig(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16)).eval()
     with pytest.raises(ValueError, match="cuda_graph needs CUDA tensors, got them on cpu"):
         model.rollout(torch.rand(1, 3, 8, 16), torch.rand(1, 3, 3, 8, 16), cuda_graph=True)
+
+
+def test_the_lab_model_has_the_lab_starters_parameter_count():
+    assert parameter_count(VideoCVAE(TrainConfig(model="lab"))) == 1_585_620

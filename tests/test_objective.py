@@ -52,7 +52,21 @@ def test_a_pruned_trial_stops_training_and_its_run_says_so(sampled):
     assert (run.info.status, run.data.tags["sweep.status"]) == ("KILLED", "PRUNED")
     assert run.data.tags["sweep.precision"] == ("bf16" if native_bf16("cpu") else "fp32")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")] == [0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/psnr_1step")] == [0]
     assert trial.user_attrs["trial_dir"].endswith("runs/trials/trial0000")
+
+    # the copy baselines of the validation video are logged before training, so a pruned trial has them too
+    [data] = objective._data.values()
+    baselines = data.baselines  # of the 8 validation frames: frames 1..7
+
+    def logged(key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+    assert logged("baseline/copy_first") == [(0, pytest.approx(baselines.first_mean))]
+    assert logged("baseline/copy_previous") == [(0, pytest.approx(baselines.previous_mean))]
+    assert logged("baseline/copy_first_frame") == [(frame, pytest.approx(value))
+                                                   for frame, value in enumerate(baselines.first, start=1)]
+    assert len(baselines.first) == 7 and baselines.first[0] == baselines.previous[0]  # frame 1: both copy frame 0
 
 
 def test_an_unexpected_error_fails_the_trial_and_keeps_its_traceback(sampled, monkeypatch):

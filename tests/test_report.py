@@ -12,7 +12,7 @@ from optuna.trial import create_trial
 from PIL import Image
 
 from analysis.report import why_no_history, why_no_importances
-from test_analysis import CYCLICAL, DIVERGING, MONOTONIC, logged_sweeps
+from test_analysis import AHEAD, BEHIND, CYCLICAL, DIVERGING, MONOTONIC, log_known_sweeps, logged_sweeps
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["1_psnr_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr"]
@@ -29,6 +29,11 @@ def load_script():
 @pytest.fixture(scope="session")
 def swept(tmp_path_factory, small_dataset) -> Path:
     return logged_sweeps(tmp_path_factory.getbasetemp(), small_dataset)
+
+
+@pytest.fixture(scope="session")
+def known_uri(tmp_path_factory) -> str:
+    return log_known_sweeps(tmp_path_factory.mktemp("known"))
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +55,10 @@ def test_a_grid_sweep_s_report_has_every_figure_the_table_and_both_documents(swe
             assert image.width >= 1000 and image.height >= 500  # 9 inches (or wider) at 150 dpi
 
     table = pd.read_csv(out / "summary.csv")
-    assert table["configuration"].tolist()[-1] == DIVERGING
+    assert table["configuration"].tolist()[2:] == [DIVERGING, "copy first frame", "copy previous frame"]
     assert sorted(table["configuration"].tolist()[:2]) == sorted([CYCLICAL, MONOTONIC])
-    assert table[["seeds", "failed", "pruned"]].values.tolist() == [[2, 0, 0], [2, 0, 0], [0, 2, 0]]
+    assert table[["seeds", "failed", "pruned"]][:3].values.tolist() == [[2, 0, 0], [2, 0, 0], [0, 2, 0]]
+    assert table[["seeds", "failed", "pruned"]][3:].isna().all(axis=None)  # blank in the baselines' rows
 
     report = (out / "report.md").read_text()
     for figure in FIGURES:
@@ -65,6 +71,43 @@ def test_a_grid_sweep_s_report_has_every_figure_the_table_and_both_documents(swe
     assert [f'<img src="{figure}.png"' in page for figure in FIGURES] == [True] * 5
     assert page.count("<table>") == 3  # summary, comparison with the best, trials that did not finish
     assert "None (β = 1), lr 1e+30" in page
+
+
+def test_the_report_sets_every_configuration_against_the_copy_baselines(known_uri, script, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert script.main(["--sweep", "known", "--tracking-uri", known_uri, "--out", str(out)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    table = pd.read_csv(out / "summary.csv")
+    assert table["configuration"].tolist() == [AHEAD, BEHIND, "copy first frame", "copy previous frame"]
+    # final val PSNR 22.5 (mean of 22 and 23) and 19.5, against copying the first frame: 20
+    assert table["gain_over_copy_first"][:2].tolist() == [2.5, -0.5] and table["gain_over_copy_first"][2:].isna().all()
+    assert table["final_val_psnr_mean"][2] == 20.0 and table["final_val_psnr_1step_mean"][3] == 29.0
+    assert (out / "summary.csv").read_text().splitlines()[3].startswith("copy first frame,,,,20.0000,")
+    assert "| gain over copy-first (dB) | one-step val PSNR (dB) |" in (out / "summary.md").read_text()
+
+    report = (out / "report.md").read_text()
+    assert ("Baselines on the same validation video: copying the first frame forward scores 20.00 dB (what a rollout "
+            "must beat) and copying the true previous frame 29.00 dB (what a one-step prediction must beat)") in report
+    assert f"{BEHIND} does not beat copying the first frame (-0.50 dB)." in report
+    assert f"{AHEAD} does not beat" not in report
+    assert "Dashed grey: copying the first frame forward" in report  # figure 1's caption
+    assert "Dashed grey: copying the first frame (left) and the previous frame (right)" in report  # figure 5's
+    page = (out / "index.html").read_text()
+    assert f"{BEHIND} does not beat copying the first frame (-0.50 dB)." in page
+    assert "<td>copy previous frame</td>" in page
+
+
+def test_runs_logged_before_the_baselines_still_make_a_report(known_uri, script, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert script.main(["--sweep", "old", "--tracking-uri", known_uri, "--out", str(out)]) == 0
+    assert ("note: no copy baselines in the table or figures 1 and 5: the finished trials' runs were logged without "
+            "them") in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.png" for f in FIGURES] + DOCUMENTS)
+    table = pd.read_csv(out / "summary.csv")
+    assert table["configuration"].tolist() == [AHEAD, BEHIND] and table["gain_over_copy_first"].isna().all()
+    report = (out / "report.md").read_text()
+    assert "copy first frame" not in report and "does not beat" not in report and "Dashed grey" not in report
+    assert "gain over copy-first" not in (out / "summary.md").read_text()
 
 
 def test_a_sampled_sweep_s_report_adds_optuna_s_figures(swept, script, tmp_path, capsys):

@@ -15,7 +15,7 @@ from analysis.labels import COPY_FIRST, COPY_PREVIOUS
 # the sweep's objective metric (spec `objective.metric`) -> the trial column that holds it
 OBJECTIVE_COLUMNS = {"val_psnr": "final_val_psnr", "best_val_psnr": "best_val_psnr",
                      "train_loss": "final_train_loss", "train_recon": "final_train_recon",
-                     "train_kl": "final_train_kl"}
+                     "train_kl": "final_train_kl", "val_psnr_1step": "final_val_psnr_1step"}
 FRAME_WINDOW = 100  # the lab report's "first / last 100 frames"
 PSNR_COLUMNS = ("final_val_psnr", "best_val_psnr")
 ONE_STEP = "final_val_psnr_1step"

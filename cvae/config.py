@@ -15,8 +15,9 @@ LR_SCHEDULES = ("multistep", "cosine", "constant")
 MODEL_NAMES = ("light", "lab")  # cvae.model.MODELS builds each
 FRAME_OUTPUTS = ("residual", "sigmoid", "mask")
 LOSSES = ("lab", "elbo")
+NORMS = ("batch", "group")
 # what a config written before a field existed meant by leaving it out (checkpoints, stored studies)
-LEGACY_VALUES = {"model": "light", "frame_output": "residual", "loss": "lab", "augment": False}
+LEGACY_VALUES = {"model": "light", "frame_output": "residual", "loss": "lab", "augment": False, "norm": "batch"}
 MIN_FRAME_SIDE = 8  # the Label_Encoder's 7x7 reflection-padded stem needs more than 3 pixels a side
 
 
@@ -28,14 +29,15 @@ class TrainConfig:
     DR: str = "data/dance"
     save_root: str = "runs/train"
     partial: float = 1.0
-    augment: bool = False  # per clip: colour channels permuted, mirrored half the time (cvae/augment.py)
+    augment: bool = True  # per clip: colour channels permuted, mirrored half the time (cvae/augment.py)
     train_vi_len: int = 16
     val_vi_len: int = 630
     frame_H: int = 32
     frame_W: int = 64
     # model
     model: str = "light"  # which five modules (cvae.model.MODELS): light, or lab, the lab starter's
-    frame_output: str = "residual"  # residual: a logit change of the previous frame; sigmoid: the whole frame; mask: prev blended with a drawn frame
+    frame_output: str = "mask"  # mask, residual or sigmoid: how the Generator makes a frame (README, "The model")
+    norm: str = "group"  # batch: the modules' BatchNorm2d; group: a GroupNorm in place of each
     F_dim: int = 128
     L_dim: int = 32
     N_dim: int = 12
@@ -160,6 +162,7 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.kl_anneal_type in KL_ANNEAL_TYPES, "kl_anneal_type", f"must be one of {', '.join(KL_ANNEAL_TYPES)}")
     need(cfg.model in MODEL_NAMES, "model", f"must be one of {', '.join(MODEL_NAMES)}")
     need(cfg.frame_output in FRAME_OUTPUTS, "frame_output", f"must be one of {', '.join(FRAME_OUTPUTS)}")
+    need(cfg.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}")
     need(cfg.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}")
     need(cfg.optim in OPTIMIZERS, "optim", f"must be one of {', '.join(OPTIMIZERS)}")
     need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")

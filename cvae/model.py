@@ -8,6 +8,7 @@ benchmarks, the memory probe) goes through `VideoCVAE`.
 """
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import torch
@@ -24,6 +25,7 @@ MODELS: dict[str, ModuleType] = {"light": light_model, "lab": lab_model}
 LOGIT_EPS = 1e-3  # keeps logit(prev_frame) finite for black and white pixels
 MASK_OFFSET = -4.0  # added to the mask's logit: an untrained model's mask is 0.018, so it nearly copies
 OUTPUT_CHANNELS = {"residual": 3, "sigmoid": 3, "mask": 4}  # what the Generator draws for each frame_output
+MAX_NORM_GROUPS = 8  # norm: group normalises groups of channels, at most this many groups per layer
 
 
 class VideoCVAE(nn.Module):
@@ -41,6 +43,9 @@ class VideoCVAE(nn.Module):
         self.Decoder_Fusion = modules.Decoder_Fusion(cfg.F_dim + cfg.L_dim + cfg.N_dim, cfg.D_out_dim)
         self.Generator = modules.Generator(cfg.D_out_dim, OUTPUT_CHANNELS[cfg.frame_output])
         start_posterior_at_prior(self.Gaussian_Predictor)
+        if cfg.norm == "group":
+            for part in self.parts():
+                batch_norm_to_group_norm(part)
 
     def parts(self) -> tuple[nn.Module, ...]:
         """The five modules, in the order a step runs them."""
@@ -57,7 +62,7 @@ class VideoCVAE(nn.Module):
         if self.frame_output == "mask":
             # where the mask is shut the previous frame passes exactly; elsewhere a newly drawn colour
             mask = torch.sigmoid(raw[:, 3:] + MASK_OFFSET)  # (B, 1, H, W)
-            return torch.lerp(prev_frame, torch.sigmoid(raw[:, :3]), mask)
+            return prev_frame + mask * (torch.sigmoid(raw[:, :3]) - prev_frame)  # dtypes promote under autocast
         return torch.sigmoid(raw)  # the lab's: the Generator draws the whole frame
 
     def sample_prior(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -80,7 +85,7 @@ class VideoCVAE(nn.Module):
         """
         batch, length = images.shape[:2]
         frame_feat = self.frame_transformation(images.flatten(0, 1)).unflatten(0, (batch, length))  # (B, T, F, H, W)
-        pose_feat = self.label_transformation(labels[:, 1:].flatten(0, 1))  # (B*(T-1), L, H, W)
+        pose_feat = self.label_transformation(self.pose_inputs(labels).flatten(0, 1))  # (B*(T-1), L, H, W)
         eps = self.sample_prior(pose_feat, generator)  # (B*(T-1), N, H, W)
         z, mu, logvar = self.Gaussian_Predictor(frame_feat[:, 1:].flatten(0, 1), pose_feat, eps)
         targets = images[:, 1:].flatten(0, 1)  # (B*(T-1), 3, H, W)
@@ -112,7 +117,8 @@ class VideoCVAE(nn.Module):
         if cuda_graph and not first_frame.is_cuda:
             raise ValueError(f"rollout: cuda_graph needs CUDA tensors, got them on {first_frame.device}")
         batch, length = poses.shape[:2]
-        pose_feats = self.pose_features(poses[:, 1:].flatten(0, 1), pose_chunk).unflatten(0, (batch, length - 1))
+        pose_feats = self.pose_features(self.pose_inputs(poses).flatten(0, 1), pose_chunk) \
+            .unflatten(0, (batch, length - 1))  # (B, T-1, L, H, W)
         video = torch.empty(poses.shape, device=poses.device, dtype=torch.float32)  # (B, T, 3, H, W)
         video[:, 0] = first_frame
         z = self.sample_prior(first_frame, generator)  # (B, N, H, W) for frame 1
@@ -128,14 +134,17 @@ class VideoCVAE(nn.Module):
                  chunk: int = 128) -> torch.Tensor:
         """Each frame predicted from the true frame before it, z from the prior, in batches of `chunk`.
 
-        prev_frames, poses: (T, 3, H, W) float, pose i the pose of the frame after prev_frames[i].
-        Returns (T, 3, H, W) float32.
+        prev_frames: (T-1, 3, H, W) float, frames 0..T-2; poses: (T, 3, H, W) float, every frame's pose map.
+        Returns (T-1, 3, H, W) float32: frames 1..T-1.
         """
-        predictions = []
-        for prev_frame, pose in zip(prev_frames.split(chunk), poses.split(chunk)):
-            pose_feat = self.label_transformation(pose)  # (chunk, L, H, W)
-            predictions.append(self.step(prev_frame, pose_feat, self.sample_prior(prev_frame, generator)).float())
-        return torch.cat(predictions)
+        pose_feats = self.pose_features(self.pose_inputs(poses), chunk)  # (T-1, L, H, W)
+        return torch.cat([self.step(prev_frame, pose_feat, self.sample_prior(prev_frame, generator)).float()
+                          for prev_frame, pose_feat in zip(prev_frames.split(chunk), pose_feats.split(chunk))])
+
+    @staticmethod
+    def pose_inputs(poses: torch.Tensor) -> torch.Tensor:
+        """(..., T, 3, H, W) pose maps -> (..., T-1, 3, H, W) the ones the Label_Encoder sees: frames 1..T-1's."""
+        return poses[..., 1:, :, :, :]
 
     def pose_features(self, poses: torch.Tensor, chunk: int) -> torch.Tensor:
         """(N, 3, H, W) pose maps -> (N, L, H, W), `chunk` at a time: they do not depend on the rollout."""
@@ -154,6 +163,21 @@ def start_posterior_at_prior(posterior: nn.Module) -> None:
     nn.init.zeros_(last.weight)
     if last.bias is not None:
         nn.init.zeros_(last.bias)
+
+
+def batch_norm_to_group_norm(module: nn.Module) -> None:
+    """Replace every BatchNorm2d below `module` by a GroupNorm of the same channels, in place.
+
+    Group norm normalises each frame by itself: no running statistics, so no gap between training
+    and evaluation, and nothing for a free-running step (a batch of B frames, T-1 times per clip)
+    to drag away from the teacher-forced batches (benchmarks/README.md, "Models that learn").
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            channels = child.num_features
+            setattr(module, name, nn.GroupNorm(math.gcd(channels, MAX_NORM_GROUPS), channels))
+        else:
+            batch_norm_to_group_norm(child)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ def validate_one_step(model: VideoCVAE, images: torch.Tensor, labels: torch.Tens
     model.eval()
     generator = torch.Generator(images.device).manual_seed(seed + ONE_STEP_NOISE_SEED_OFFSET)
     with compile_fallback(cfg), autocast(cfg, images.device):
-        frames = model.one_step(to_unit(images[:-1]), to_unit(labels[1:]), generator)  # (T-1, 3, H, W)
+        frames = model.one_step(to_unit(images[:-1]), to_unit(labels), generator)  # (T-1, 3, H, W)
     model.train(was_training)
     return psnr(frames, to_unit(images[1:])).cpu().numpy().astype(np.float64)
 

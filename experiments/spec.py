@@ -66,8 +66,8 @@ PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPrun
            "hyperband": optuna.pruners.HyperbandPruner}
 DIRECTIONS = ("maximize", "minimize")
 # What a trial can return, with its usual direction: the last epoch's value, or the best epoch's PSNR.
-METRICS = {"val_psnr": "maximize", "best_val_psnr": "maximize", "train_loss": "minimize",
-           "train_recon": "minimize", "train_kl": "minimize"}
+METRICS = {"val_psnr": "maximize", "best_val_psnr": "maximize", "val_psnr_1step": "maximize",
+           "train_loss": "minimize", "train_recon": "minimize", "train_kl": "minimize"}
 DEFAULT_SEEDS = (1,)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_GRID_TRIALS = 2000  # validating a cell builds a TrainConfig; a bigger grid is a typo or wants sampling

@@ -22,7 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-EPOCH_METRICS = ("train/loss", "train/recon", "train/kl", "kl_beta", "tfr", "lr", "val/psnr", "epoch_seconds")
+EPOCH_METRICS = ("train/loss", "train/recon", "train/kl", "kl_beta", "tfr", "lr", "val/psnr", "val/psnr_1step",
+                 "epoch_seconds")
 ARTIFACTS = ("val_psnr_per_frame.csv", "val_rollout.gif", "checkpoints/best.ckpt")
 START_TIMEOUT_S = 180
 

@@ -64,3 +64,17 @@ def test_sweep_throughput_on_a_missing_gpu_says_so_in_one_line():
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: execution.gpus: the worker for GPU 0 sees 0")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_learning_curve_quick_prints_every_epoch_beside_its_baselines_and_writes_the_curve(tmp_path):
+    out = run_benchmark("learning_curve.py", "configs/cpu.yaml", "--quick", "--out", str(tmp_path))
+    epochs = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [int(row[0]) for row in epochs] == [1, 2]
+    for row in epochs:  # val PSNR, one-step, copy-first, copy-previous, then the loss terms
+        val_psnr, one_step, copy_first, copy_previous = map(float, row[2:6])
+        assert 5 < val_psnr < 60 and 5 < one_step < 60 and copy_first < copy_previous
+    assert "gain" in out.splitlines()[-2]
+    header, *rows = (tmp_path / "curve.csv").read_text().splitlines()
+    assert header.startswith("epoch,minutes,val_psnr,val_psnr_1step,copy_first,copy_previous") and len(rows) == 2
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

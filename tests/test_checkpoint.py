@@ -1,11 +1,17 @@
 import collections
+import math
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 
+from cvae import checkpoint, light_model
 from cvae.checkpoint import save_atomic
+from cvae.data import load_video_data
+from cvae.predict import load_model
+from cvae.train import fit
 
 
 class InterruptWhenPickled:
@@ -23,3 +29,21 @@ def test_a_ctrl_c_during_a_save_waits_for_the_complete_file(tmp_path):
     state = torch.load(path, weights_only=True)  # written whole before the interrupt went on
     assert torch.equal(state["weights"], torch.arange(3)) and state["interrupt"] == {}
     assert [p.name for p in tmp_path.iterdir()] == ["epoch_0001.ckpt"]  # no temporary file left
+
+
+OLD_CHECKPOINT = Path(__file__).parent / "fixtures" / "checkpoint_main_7cc6087.ckpt"  # written by main at 7cc6087
+
+
+def test_a_checkpoint_written_before_model_choices_loads_as_the_light_model(small_dataset, tmp_path):
+    # its config has no model, frame_output, loss or augment, its epoch reports no val_psnr_1step
+    state = checkpoint.load(OLD_CHECKPOINT)
+    assert "model" not in state["config"] and "val_psnr_1step" not in state["history"][0]
+    cfg = checkpoint.config_of(state, OLD_CHECKPOINT)
+    assert (cfg.model, cfg.frame_output, cfg.loss, cfg.augment) == ("light", "residual", "lab", False)
+    model, loaded_cfg = load_model(OLD_CHECKPOINT)
+    assert loaded_cfg == cfg and isinstance(model.Generator, light_model.Generator)
+    # it trains on from where it stopped, the old epoch's report kept with its new field unknown
+    resumed = fit(cfg.replace(DR=str(small_dataset), save_root=str(tmp_path / "run"), num_epoch=2),
+                  load_video_data(cfg.replace(DR=str(small_dataset))), resume_from=OLD_CHECKPOINT, progress=False)
+    assert [report.epoch for report in resumed.epochs] == [0, 1]
+    assert math.isnan(resumed.epochs[0].val_psnr_1step) and math.isfinite(resumed.epochs[1].val_psnr_1step)

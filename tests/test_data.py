@@ -16,6 +16,7 @@ import cvae.data
 from cvae.config import TrainConfig
 from cvae.data import load_frames, load_test_sequences, load_video_data
 from cvae.errors import DataError
+from cvae.metrics import copy_baselines
 
 
 def resized(path: Path, height: int = 32, width: int = 64) -> torch.Tensor:
@@ -71,6 +72,19 @@ def test_the_cache_is_written_once_then_read_without_opening_a_png(small_dataset
     assert len(png_reads) == 2 * 96  # nothing decoded again
     assert cache.stat().st_mtime_ns == written
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+
+
+def test_the_copy_baselines_are_computed_with_the_cache_and_cut_to_val_vi_len(small_dataset_copy: Path,
+                                                                              png_reads: list[Path]) -> None:
+    frames = load_frames(small_dataset_copy, "val", 32, 64)
+    expected = copy_baselines(frames.images)
+    assert torch.load(small_dataset_copy / ".cache/val_32x64.pt", weights_only=True)["baselines"]["first"].shape == (39,)
+    reads = len(png_reads)
+    data = load_video_data(TrainConfig(DR=str(small_dataset_copy), val_vi_len=10, train_vi_len=4))
+    assert len(png_reads) == reads + 2 * 96  # the training split, decoded now; the validation split was cached
+    assert data.baselines.first.tolist() == pytest.approx(expected.first[:9].tolist())
+    assert data.baselines.previous.tolist() == pytest.approx(expected.previous[:9].tolist())
+    assert data.baselines.first[0] > data.baselines.first[-1]  # the dancer moves away from where it began
 
 
 def test_each_resolution_and_split_has_its_own_cache(small_dataset_copy: Path) -> None:

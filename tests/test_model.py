@@ -88,4 +88,16 @@ def test_a_cuda_graph_rollout_of_cpu_tensors_is_refused():
 
 
 def test_the_lab_model_has_the_lab_starters_parameter_count():
-    assert parameter_count(VideoCVAE(TrainConfig(model="lab"))) == 1_585_620
+    # the lab's Generator draws the whole frame (frame_output: sigmoid); a mask is one more output channel
+    assert parameter_count(VideoCVAE(TrainConfig(model="lab", frame_output="sigmoid"))) == 1_585_620
+    assert parameter_count(VideoCVAE(TrainConfig(model="lab", frame_output="mask"))) == 1_585_620 + 25
+
+
+@pytest.mark.parametrize("frame_output", FRAME_OUTPUTS)
+def test_each_frame_output_steps_under_bf16_autocast(frame_output):
+    # autocast computes the Generator in bf16 while the previous frame stays fp32
+    model = VideoCVAE(TrainConfig(frame_output=frame_output, F_dim=16, L_dim=8, N_dim=2, D_out_dim=16)).eval()
+    prev_frame = torch.rand(1, 3, 8, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        frame = model.step(prev_frame, model.label_transformation(torch.rand(1, 3, 8, 16)), torch.randn(1, 2, 8, 16))
+    assert frame.shape == (1, 3, 8, 16) and torch.isfinite(frame.float()).all()

@@ -103,3 +103,13 @@ def test_checkpoint_of_another_shape_is_one_line(trained, small_dataset, tmp_pat
     assert line.startswith(f"error: checkpoint {edited} holds weights of another shape than the model its config "
                            f"describes (F_dim=32, L_dim=8, N_dim=2, D_out_dim=16): frame_transformation.")
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_on_val_prints_the_copy_baselines(trained, small_dataset, tmp_path):
+    ckpt, _ = trained
+    done = run_predict("--ckpt", ckpt, "--out", tmp_path / "out", "--split", "val")
+    assert done.returncode == 0, done.stderr
+    expected = load_video_data(checkpoint.config_of(checkpoint.load(ckpt), ckpt)).baselines
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith(f"copying the first frame forward gives {expected.first_mean:.2f} dB")
+    assert f"copying the previous true frame {expected.previous_mean:.2f} dB" in last

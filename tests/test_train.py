@@ -8,7 +8,7 @@ from cvae.config import TrainConfig
 from cvae.data import load_video_data
 from cvae.errors import CheckpointError, TrainingDiverged
 from cvae.model import VideoCVAE
-from cvae.train import fit, native_bf16, validate
+from cvae.train import fit, kl_term, native_bf16, validate, validate_one_step
 
 TINY = dict(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16, train_vi_len=4, val_vi_len=8, batch_size=4,
             kl_anneal_cycle=2, tfr=0.5, tfr_sde=0, tfr_d_step=0.1, per_save=1, seed=3)
@@ -51,11 +51,11 @@ def test_tiny_model_overfits_tiny_data(tiny):
     history = fit(cfg, data, callbacks=[lambda report: report.epoch == 59], progress=False)
     clips = data.train_images.float() / 255  # (2, T, 3, H, W)
     copy_previous_mse = (clips[:, 1:] - clips[:, :-1]).pow(2).mean().item()
-    loss = [report.train_loss for report in history.epochs]
     recon = [report.train_recon for report in history.epochs]
-    assert loss[-1] < 0.1 * max(loss), loss
-    # the untrained generator copies the previous frame: beating that means it learnt the motion
-    assert recon[-1] < copy_previous_mse, (recon, copy_previous_mse)
+    # the untrained model copies the previous frame (the posterior starts at the prior, so the KL
+    # starts at 0 too): beating copying by a quarter means it learnt the motion
+    assert recon[0] == pytest.approx(copy_previous_mse, rel=0.2)
+    assert recon[-1] < 0.75 * copy_previous_mse, (recon, copy_previous_mse)
 
 
 def test_validation_uses_running_statistics_and_restores_train_mode(tiny):
@@ -98,7 +98,9 @@ def test_callback_gets_every_figure_and_can_stop(tiny):
 
 
 def test_nan_loss_raises(tiny):
-    cfg = tiny(lr=1e30, lr_schedule="constant", grad_clip=1e30, num_epoch=3, kl_anneal_type="None")
+    # the lab model's Generator starts random, so the first step moves the posterior, whose logvar then explodes
+    cfg = tiny(lr=1e30, lr_schedule="constant", grad_clip=1e30, num_epoch=3, kl_anneal_type="None", model="lab",
+               N_dim=4, frame_output="sigmoid")
     with pytest.raises(TrainingDiverged, match="training loss became"):
         fit(cfg, load_video_data(cfg), progress=False)
 
@@ -182,3 +184,30 @@ def test_compile_falls_back_to_eager_when_it_cannot_compile(tiny):
     eager, compiled = json.loads(done.stdout.splitlines()[-1])
     assert compiled == eager
     assert "No working C++ compiler" in done.stderr
+
+
+def test_an_untrained_residual_model_scores_copy_previous_one_step_and_copy_first_free_running(tiny):
+    # it copies the previous frame exactly, whatever z: the two figures must be the two baselines
+    cfg = tiny(frame_output="residual", val_vi_len=20)
+    data = load_video_data(cfg)
+    model = VideoCVAE(cfg)
+    one_step = validate_one_step(model, data.val_images, data.val_labels, cfg, seed=1)
+    rollout = validate(model, data.val_images, data.val_labels, cfg, seed=1)
+    assert one_step.shape == rollout.shape == (19,)
+    assert one_step == pytest.approx(data.baselines.previous, abs=0.05)
+    assert rollout == pytest.approx(data.baselines.first, abs=0.05)
+
+
+def test_elbo_loss_puts_the_kl_on_the_pixels_footing(tiny):
+    kl = torch.tensor(6144.0)
+    assert kl_term(tiny(loss="lab"), kl, frame_elements=3 * 32 * 64).item() == 6144.0
+    assert kl_term(tiny(loss="elbo"), kl, frame_elements=3 * 32 * 64).item() == 1.0
+
+
+@pytest.mark.parametrize("name", ["light", "lab"])
+def test_each_model_trains_an_epoch_and_reports_every_figure(tiny, name):
+    cfg = tiny(model=name, N_dim=4, frame_output="mask", augment=True, num_epoch=1)
+    history = fit(cfg, load_video_data(cfg), progress=False)
+    report = history.epochs[0]
+    assert all(math.isfinite(value) for value in (report.train_loss, report.val_psnr, report.val_psnr_1step))
+    assert checkpoint.config_of(checkpoint.load(history.last_checkpoint), "x").model == name

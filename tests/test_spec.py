@@ -95,7 +95,9 @@ def test_lab_experiments_best_setting():
     best = train_config(spec, grid_cells(spec)[-1], 1)
     assert (best.optim, best.lr_schedule, best.lr, best.batch_size) == ("AdamW", "cosine", 1e-4, 16)
     assert (best.kl_anneal_type, best.kl_anneal_cycle, best.kl_anneal_ratio, best.tfr) == ("Cyclical", 20, 0.5, 0.0)
-    assert train_config(spec, grid_cells(spec)[0], 1) == TrainConfig(seed=1)
+    # the first cell is the lab's defaults with the lab recipe of configs/lab.yaml
+    assert train_config(spec, grid_cells(spec)[0], 1) == \
+        TrainConfig(seed=1, model="lab", frame_output="mask", norm="group", augment=True)
 
 
 def test_quick_is_a_small_cpu_sweep():

@@ -85,7 +85,7 @@ class VideoCVAE(nn.Module):
         """
         batch, length = images.shape[:2]
         frame_feat = self.frame_transformation(images.flatten(0, 1)).unflatten(0, (batch, length))  # (B, T, F, H, W)
-        pose_feat = self.label_transformation(self.pose_inputs(labels).flatten(0, 1))  # (B*(T-1), L, H, W)
+        pose_feat = self.label_transformation(labels[:, 1:].flatten(0, 1))  # (B*(T-1), L, H, W)
         eps = self.sample_prior(pose_feat, generator)  # (B*(T-1), N, H, W)
         z, mu, logvar = self.Gaussian_Predictor(frame_feat[:, 1:].flatten(0, 1), pose_feat, eps)
         targets = images[:, 1:].flatten(0, 1)  # (B*(T-1), 3, H, W)
@@ -117,7 +117,7 @@ class VideoCVAE(nn.Module):
         if cuda_graph and not first_frame.is_cuda:
             raise ValueError(f"rollout: cuda_graph needs CUDA tensors, got them on {first_frame.device}")
         batch, length = poses.shape[:2]
-        pose_feats = self.pose_features(self.pose_inputs(poses).flatten(0, 1), pose_chunk) \
+        pose_feats = self.pose_features(poses[:, 1:].flatten(0, 1), pose_chunk) \
             .unflatten(0, (batch, length - 1))  # (B, T-1, L, H, W)
         video = torch.empty(poses.shape, device=poses.device, dtype=torch.float32)  # (B, T, 3, H, W)
         video[:, 0] = first_frame
@@ -134,17 +134,12 @@ class VideoCVAE(nn.Module):
                  chunk: int = 128) -> torch.Tensor:
         """Each frame predicted from the true frame before it, z from the prior, in batches of `chunk`.
 
-        prev_frames: (T-1, 3, H, W) float, frames 0..T-2; poses: (T, 3, H, W) float, every frame's pose map.
-        Returns (T-1, 3, H, W) float32: frames 1..T-1.
+        prev_frames: (T-1, 3, H, W) float, frames 0..T-2; poses: (T-1, 3, H, W) float, the pose maps of
+        frames 1..T-1. Returns (T-1, 3, H, W) float32: frames 1..T-1.
         """
-        pose_feats = self.pose_features(self.pose_inputs(poses), chunk)  # (T-1, L, H, W)
+        pose_feats = self.pose_features(poses, chunk)  # (T-1, L, H, W)
         return torch.cat([self.step(prev_frame, pose_feat, self.sample_prior(prev_frame, generator)).float()
                           for prev_frame, pose_feat in zip(prev_frames.split(chunk), pose_feats.split(chunk))])
-
-    @staticmethod
-    def pose_inputs(poses: torch.Tensor) -> torch.Tensor:
-        """(..., T, 3, H, W) pose maps -> (..., T-1, 3, H, W) the ones the Label_Encoder sees: frames 1..T-1's."""
-        return poses[..., 1:, :, :, :]
 
     def pose_features(self, poses: torch.Tensor, chunk: int) -> torch.Tensor:
         """(N, 3, H, W) pose maps -> (N, L, H, W), `chunk` at a time: they do not depend on the rollout."""

@@ -104,10 +104,8 @@ def validate(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, cfg: 
 
     images, labels: (T, 3, H, W) uint8 on the model's device. Returns (T-1,) PSNR of frames 1..T-1.
     """
-    was_training = model.training
-    model.eval()  # batch norm must use its running statistics, not the rollout's
-    frames = sample_rollouts(model, images[0], labels, cfg, seed)[0]  # (T, 3, H, W)
-    model.train(was_training)
+    with evaluating(model):
+        frames = sample_rollouts(model, images[0], labels, cfg, seed)[0]  # (T, 3, H, W)
     return psnr(frames[1:], to_unit(images[1:])).cpu().numpy().astype(np.float64)
 
 
@@ -118,13 +116,21 @@ def validate_one_step(model: VideoCVAE, images: torch.Tensor, labels: torch.Tens
     images, labels: (T, 3, H, W) uint8 on the model's device. Returns (T-1,) PSNR of frames 1..T-1:
     below copy-previous, the model has not learnt motion; above it but with a poor rollout, it drifts.
     """
+    generator = torch.Generator(images.device).manual_seed(seed + ONE_STEP_NOISE_SEED_OFFSET)
+    with evaluating(model), compile_fallback(cfg), autocast(cfg, images.device):
+        frames = model.one_step(to_unit(images[:-1]), to_unit(labels[1:]), generator)  # (T-1, 3, H, W)
+    return psnr(frames, to_unit(images[1:])).cpu().numpy().astype(np.float64)
+
+
+@contextlib.contextmanager
+def evaluating(model: VideoCVAE):
+    """The model in eval mode (batch norm uses its running statistics, not the batch's), then back as it was."""
     was_training = model.training
     model.eval()
-    generator = torch.Generator(images.device).manual_seed(seed + ONE_STEP_NOISE_SEED_OFFSET)
-    with compile_fallback(cfg), autocast(cfg, images.device):
-        frames = model.one_step(to_unit(images[:-1]), to_unit(labels), generator)  # (T-1, 3, H, W)
-    model.train(was_training)
-    return psnr(frames, to_unit(images[1:])).cpu().numpy().astype(np.float64)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def memory_format(cfg: TrainConfig) -> torch.memory_format:

@@ -10,8 +10,8 @@ the rest (usually one) are each measured, and the largest peak counts.
 
 How it is measured. In a spawned process that sees only that GPU (the launcher never initialises
 CUDA): the data set on the device as `fit` holds it, the model and optimizer `fit` builds
-(`build_model`, compiled where cfg.compile asks), one teacher-forced and one free-running
-`train_step` on a batch of clips, and one `validate` rollout. The peak is torch's
+(`cvae.train.setup`, compiled where cfg.compile asks), one teacher-forced and one free-running
+`train_step` on a batch of clips, one `validate` rollout and one `validate_one_step` pass. The peak is torch's
 max_memory_reserved: freed blocks stay in the caching allocator, so what a process takes from the
 GPU, and the other trials on it cannot have, is what it reserved, not the smaller
 max_memory_allocated.

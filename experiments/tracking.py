@@ -7,7 +7,13 @@ call: on SQLite, fewer and shorter write transactions are what keeps several wor
 on the database lock; MLflow waits up to 20 s for it, and a write that still finds it locked is retried.
 
 With an SQLite tracking URI the artifacts go to `mlartifacts/<experiment>` beside the database file,
-so `mlflow ui` started next to `mlflow.db` finds runs and artifacts alike.
+so `mlflow ui` started next to `mlflow.db` finds runs and artifacts alike. A sweep's experiment is tagged
+as model training, which `mlflow ui` then opens on its runs rather than on its GenAI overview.
+
+Every run says where it came from (`experiments.provenance`): MLflow's own source and git tags fill the
+UI's Source and Version columns, ours the run page's tag list (which hides `mlflow.` tags), and the data
+set, logged as the run's input, its Dataset column. The parent run carries the launcher's provenance and
+every data set its trials used.
 """
 from __future__ import annotations
 
@@ -22,14 +28,16 @@ from typing import Callable, Collection, Mapping, TypeVar
 
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag, SourceType
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import (MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT,
+                                      MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE)
 
 from cvae.config import TrainConfig
 from cvae.metrics import CopyBaselines
 from cvae.train import EpochReport
 from experiments.errors import SweepError, one_line
+from experiments.provenance import Provenance, collect
 
 SWEEP_ID = "sweep.id"
 IS_PARENT = "sweep.parent"
@@ -47,7 +55,18 @@ COPY_FIRST_METRIC = "baseline/copy_first"  # step 0: the mean over frames 1..T-1
 COPY_PREVIOUS_METRIC = "baseline/copy_previous"  # step 0: the mean over frames 1..T-1
 BASELINE_METRICS = {COPY_FIRST_METRIC: "first_mean", COPY_PREVIOUS_METRIC: "previous_mean"}  # -> CopyBaselines
 COPY_FIRST_FRAME_METRIC = "baseline/copy_first_frame"  # step = frame number, 1..T-1, as FRAME_METRIC
-RUN_METRICS = (*EPOCH_METRICS, FRAME_METRIC, *BASELINE_METRICS, COPY_FIRST_FRAME_METRIC)  # all a trial's run holds
+RUN_METRICS = (*EPOCH_METRICS, FRAME_METRIC, *BASELINE_METRICS, COPY_FIRST_FRAME_METRIC)  # logged once per step
+# the wall time a trial held its device (HOST_DEVICE names it), from its run's start to its end, summed over the
+# attempts at it: step = attempt (0, then 1 for the first resume, ...), so the latest value is the total
+DEVICE_SECONDS_METRIC = "cost/device_seconds"
+# where a run came from, besides MLflow's mlflow.source.name/.type and mlflow.source.git.commit/.branch
+GIT_DIRTY = "git.dirty"  # "true" when the code had uncommitted changes, "false", or "unknown" without git
+VERSION_TAG = "version.{}"  # version.python, version.torch, version.cuda, version.optuna, version.mlflow
+HOST_NAME = "host.name"
+HOST_DEVICE = "host.device"  # a trial's device: the GPU's model (NVIDIA H200) or the CPU's; absent on the parent
+DATA_CONTEXT = "training"  # the data set's mlflow.data.context: it holds the training clips and validation video
+EXPERIMENT_KIND = "mlflow.experimentKind"  # what `mlflow ui` opens an experiment on
+TRAINING_KIND = "custom_model_development"  # the UI's "Machine learning": the runs table
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_TAG_CHARS = 5000
 MAX_RUN_NAME_CHARS = 250
@@ -105,7 +124,7 @@ def open_parent_run(tracking_uri: str, name: str, sweep_id: str, tags: Mapping[s
         parents = f"tags.`{SWEEP_ID}` = '{sweep_id}' and tags.`{IS_PARENT}` = 'true'"
         found = client.search_runs([experiment_id], max_results=1, filter_string=parents,
                                    order_by=["attributes.start_time ASC"])
-        all_tags = {SWEEP_ID: sweep_id, IS_PARENT: "true", **tags}
+        all_tags = {SWEEP_ID: sweep_id, IS_PARENT: "true", **provenance_tags(collect()), **tags}
         if spec_text:
             all_tags[MLFLOW_RUN_NOTE] = f"Sweep spec:\n\n```yaml\n{spec_text.strip()}\n```"
         if found:
@@ -128,12 +147,40 @@ def open_parent_run(tracking_uri: str, name: str, sweep_id: str, tags: Mapping[s
     return ParentRun(tracking_uri, experiment_id, run_id)
 
 
+def provenance_tags(provenance: Provenance) -> dict[str, str]:
+    """The run tags of `provenance`: MLflow's source and git tags (the commit where known) and ours."""
+    tags = {MLFLOW_SOURCE_NAME: provenance.source, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+            GIT_DIRTY: "unknown" if provenance.dirty is None else str(provenance.dirty).lower(),
+            HOST_NAME: provenance.host,
+            **{VERSION_TAG.format(name): version for name, version in provenance.versions.items()}}
+    known = {MLFLOW_GIT_COMMIT: provenance.commit, MLFLOW_GIT_BRANCH: provenance.branch,
+             HOST_DEVICE: provenance.device}
+    return tags | {key: value for key, value in known.items() if value is not None}
+
+
+def log_dataset(client: MlflowClient, run_ids: Collection[str], dataset: Dataset) -> None:
+    """`dataset` as an input of each run; MLflow keeps one copy per experiment and one input per run.
+
+    Two workers that log a new data set at the same moment may both insert it: the one that loses is
+    told its request was bad, and finds the data set there when it tries again.
+    """
+    inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATA_CONTEXT)])]
+    for run_id in run_ids:
+        try:
+            _retry(client.log_inputs, run_id, datasets=inputs)
+        except MlflowException as err:
+            if err.error_code != "BAD_REQUEST":
+                raise
+            _retry(client.log_inputs, run_id, datasets=inputs)
+
+
 def _experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created if missing; one of an earlier version without the training kind gets it."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
             return client.create_experiment(name, artifact_location=f"{artifact_location}/{name}"
-                                            if artifact_location else None)
+                                            if artifact_location else None, tags={EXPERIMENT_KIND: TRAINING_KIND})
         except MlflowException as err:  # another launcher created it first
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -141,6 +188,8 @@ def _experiment(client: MlflowClient, name: str, artifact_location: str | None) 
     if experiment.lifecycle_stage != "active":
         raise SweepError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow experiments restore "
                          f"--experiment-id {experiment.experiment_id}`) or give the sweep a new name")
+    if EXPERIMENT_KIND not in experiment.tags:  # a kind chosen in the UI is kept
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
     return experiment.experiment_id
 
 
@@ -174,11 +223,16 @@ def finish_parent(parent: ParentRun, complete: bool, interrupted: bool, summary_
 
 
 class TrialRun:
-    """One trial's child run; `fit` calls it after every epoch to log that epoch's metrics."""
+    """One trial's child run; `fit` calls it after every epoch to log that epoch's metrics.
 
-    def __init__(self, client: MlflowClient, run_id: str, logged: Mapping[str, set[int]] | None = None):
+    The time from its start (or resume) to its end is what the trial spent on its device.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, logged: Mapping[str, set[int]] | None = None,
+                 attempt: int = 0, earlier_seconds: float = 0.0):
         self.client, self.run_id = client, run_id
         self.logged = {name: set(steps) for name, steps in (logged or {}).items()}  # metric -> steps it has
+        self.attempt, self.earlier_seconds, self.started = attempt, earlier_seconds, time.monotonic()
 
     @classmethod
     def start(cls, client: MlflowClient, parent: ParentRun, name: str, cfg: TrainConfig,
@@ -201,11 +255,13 @@ class TrialRun:
         """
         logged = {name: {m.step for m in _retry(client.get_metric_history, run_id, name)}
                   for name in RUN_METRICS}
+        spent = max(_retry(client.get_metric_history, run_id, DEVICE_SECONDS_METRIC), key=lambda m: m.step,
+                    default=None)  # the total up to the last attempt that ended
         _retry(client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         _retry(client.log_batch, run_id, tags=_tags({STATUS: "RUNNING", **tags}))
         if ERROR in client.get_run(run_id).data.tags:
             _retry(client.delete_tag, run_id, ERROR)
-        trial_run = cls(client, run_id, logged)
+        trial_run = cls(client, run_id, logged, *((0, 0.0) if spent is None else (spent.step + 1, spent.value)))
         for report in reports:
             trial_run(report)
         return trial_run
@@ -258,12 +314,15 @@ class TrialRun:
     def end(self, status: str, error: str | None = None, interrupted: bool = False) -> None:
         """Close the run: `status` is the trial's Optuna state name (COMPLETE, FAILED or PRUNED).
 
-        An interrupted run ends KILLED, as a pruned one does; one that raised ends FAILED.
+        An interrupted run ends KILLED, as a pruned one does; one that raised ends FAILED. Its device seconds
+        are logged whatever the end: a failed or pruned trial cost them too.
         """
         tags = {STATUS: status}
         if error is not None:
             tags[ERROR] = error[:MAX_TAG_CHARS]
-        _retry(self.client.log_batch, self.run_id, tags=_tags(tags))
+        seconds = self.earlier_seconds + time.monotonic() - self.started
+        _retry(self.client.log_batch, self.run_id, tags=_tags(tags),
+               metrics=[Metric(DEVICE_SECONDS_METRIC, seconds, _now_ms(), self.attempt)])
         _retry(self.client.set_terminated, self.run_id, status="KILLED" if interrupted else RUN_STATUS[status])
 
 

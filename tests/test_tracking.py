@@ -1,16 +1,23 @@
 """experiments/tracking.py: the parent run of a sweep and its children, in a real SQLite MLflow database."""
 from __future__ import annotations
 
+import json
+import socket
+import time
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Dataset
 
 from cvae.config import TrainConfig
 from cvae.metrics import CopyBaselines
 from cvae.train import EpochReport
 from experiments.errors import SweepError
-from experiments.tracking import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC, ONE_STEP_METRIC,
-                                  TrialRun, artifact_root, close_orphans, finish_parent, open_parent_run)
+from experiments.provenance import Provenance
+from experiments.tracking import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC,
+                                  DEVICE_SECONDS_METRIC, ONE_STEP_METRIC, TrialRun, artifact_root, close_orphans,
+                                  finish_parent, log_dataset, open_parent_run, provenance_tags)
 
 
 @pytest.fixture
@@ -122,3 +129,74 @@ def test_a_report_from_a_checkpoint_older_than_the_one_step_psnr_logs_no_nan(uri
     run(EpochReport(1, 1.0, 0.5, 0.25, 1.0, 0.5, 1e-3, 21.0, np.zeros(3), 2.0, 27.5))
     assert history(client, run.run_id, ONE_STEP_METRIC) == [(1, 27.5)]
     assert history(client, run.run_id, "val/psnr") == [(0, 20.0), (1, 21.0)]
+
+
+def test_a_sweeps_experiment_is_one_of_model_training(uri):
+    client = MlflowClient(uri)
+    parent = open_parent_run(uri, "k", "id", tags={})
+    assert client.get_experiment(parent.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("older")  # as a sweep of an earlier version left it
+    open_parent_run(uri, "older", "id", tags={})
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(older, "mlflow.experimentKind", "genai_development")  # chosen in the UI: kept
+    open_parent_run(uri, "older", "id", tags={})
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_the_parent_run_says_which_code_packages_and_host_made_it(uri):
+    parent = open_parent_run(uri, "p", "id", tags={})
+    tags = MlflowClient(uri).get_run(parent.run_id).data.tags
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    assert tags["host.name"] == socket.gethostname()
+    assert {key for key in tags if key.startswith("version.")} == {
+        "version.python", "version.torch", "version.cuda", "version.optuna", "version.mlflow"}
+    assert "host.device" not in tags  # the launcher trains on no device
+
+
+def test_provenance_without_git_says_its_dirtiness_is_unknown():
+    found = Provenance(source="/x/run_sweep.py", commit=None, branch=None, dirty=None, versions={"torch": "2.4"},
+                       host="box", device="NVIDIA H200")
+    assert provenance_tags(found) == {"mlflow.source.name": "/x/run_sweep.py", "mlflow.source.type": "LOCAL",
+                                      "git.dirty": "unknown", "host.name": "box", "version.torch": "2.4",
+                                      "host.device": "NVIDIA H200"}
+    committed = provenance_tags(Provenance("s", "a" * 40, "main", False, {}, "box", None))
+    assert (committed["mlflow.source.git.commit"], committed["mlflow.source.git.branch"], committed["git.dirty"]) == (
+        "a" * 40, "main", "false")
+
+
+def test_a_trial_logs_its_device_seconds_summed_over_its_attempts(uri):
+    parent = open_parent_run(uri, "c", "id", tags={})
+    client = MlflowClient(uri)
+    run = TrialRun.start(client, parent, "c | seed 1", TrainConfig(), tags={})
+    time.sleep(0.2)
+    run.end("FAILED", "interrupted", interrupted=True)
+    [first] = client.get_metric_history(run.run_id, DEVICE_SECONDS_METRIC)
+    assert DEVICE_SECONDS_METRIC == "cost/device_seconds" and first.step == 0 and 0.2 <= first.value < 5
+    again = TrialRun.resume(client, run.run_id, tags={}, reports=[])
+    time.sleep(0.1)
+    again.end("COMPLETE")
+    assert history(client, run.run_id, DEVICE_SECONDS_METRIC)[1][0] == 1
+    total = client.get_run(run.run_id).data.metrics[DEVICE_SECONDS_METRIC]  # the latest: both attempts
+    assert first.value + 0.1 <= total < first.value + 5
+
+
+def test_a_data_set_is_an_input_of_the_trial_and_its_parent_once(uri):
+    parent = open_parent_run(uri, "d", "id", tags={})
+    client = MlflowClient(uri)
+    runs = [TrialRun.start(client, parent, f"d | seed {seed}", TrainConfig(), tags={}) for seed in (1, 2)]
+    dance = Dataset(name="dance", digest="0123456789abcdef", source_type="local", source=json.dumps({"uri": "/d"}),
+                    profile=json.dumps({"frame_size": "32x64"}))
+    other = Dataset(name="dance", digest="fedcba9876543210", source_type="local", source=json.dumps({"uri": "/e"}))
+    log_dataset(client, (runs[0].run_id, parent.run_id), dance)
+    log_dataset(client, (runs[0].run_id, parent.run_id), dance)  # a resumed trial logs it again: nothing doubles
+    log_dataset(client, (runs[1].run_id, parent.run_id), other)
+
+    def inputs(run_id: str) -> list[tuple[str, str, dict]]:
+        return sorted((found.dataset.name, found.dataset.digest, {tag.key: tag.value for tag in found.tags})
+                      for found in client.get_run(run_id).inputs.dataset_inputs)
+
+    training = {"mlflow.data.context": "training"}
+    assert inputs(runs[0].run_id) == [("dance", "0123456789abcdef", training)]
+    assert inputs(runs[1].run_id) == [("dance", "fedcba9876543210", training)]
+    assert inputs(parent.run_id) == [("dance", "0123456789abcdef", training), ("dance", "fedcba9876543210", training)]

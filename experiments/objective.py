@@ -4,6 +4,8 @@ A trial that raises is recorded, not hidden: its error (type and message on one 
 trial's `error` user attr and its run's `sweep.error` tag, the traceback of an unexpected exception
 is kept as the run's `traceback.txt`, and the exception goes on to Optuna, which fails the trial.
 A trial the pruner stops is raised as TrialPruned after `fit` returns, its run KILLED and tagged PRUNED.
+Each run carries the worker's provenance (code, packages, host, device) and logs its data set, which the
+parent run gets as an input too.
 
 A grid trial resumes: its folder is named by its cell and seed, so a later attempt at the cell finds
 the checkpoints of an interrupted one (sweeps checkpoint every epoch), continues from the newest that
@@ -23,6 +25,7 @@ from typing import Any
 import optuna
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import Dataset
 
 from cvae import checkpoint
 from cvae.config import TrainConfig
@@ -33,9 +36,10 @@ from cvae.predict import load_model
 from cvae.train import EpochReport, History, fit, precision, resolve_device, sample_rollouts
 from cvae.video import save_gif, side_by_side, to_uint8
 from experiments.errors import one_line
+from experiments.provenance import collect, data_set
 from experiments.spec import SweepSpec, group_key, group_label, train_config
 from experiments.study import holder, suggest
-from experiments.tracking import ParentRun, TrialRun
+from experiments.tracking import ParentRun, TrialRun, log_dataset, provenance_tags
 
 # The TrainConfig fields load_video_data reads: trials that agree on them share one VideoData.
 DATA_FIELDS = ("DR", "frame_H", "frame_W", "train_vi_len", "val_vi_len", "partial")
@@ -60,7 +64,9 @@ class Objective:
         self.spec, self.runs_dir, self.parent, self.worker, self.gpu = spec, runs_dir, parent, worker, gpu
         self.launch = launch
         self.client = MlflowClient(parent.tracking_uri)
-        self._data: dict[tuple, VideoData] = {}
+        # after the worker bound its device: a GPU worker's one visible GPU is "cuda"
+        self.provenance = provenance_tags(collect(torch.device("cpu" if gpu is None else "cuda")))
+        self._data: dict[tuple, tuple[VideoData, Dataset]] = {}  # the data and its MLflow description
 
     def __call__(self, trial: optuna.Trial) -> float:
         overrides, seed = suggest(self.spec, trial)
@@ -71,7 +77,8 @@ class Objective:
                 "sweep.group_key": group_key(overrides), "sweep.group_label": group_label(overrides),
                 "sweep.seed": str(seed), "sweep.worker": str(self.worker),
                 "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu), "sweep.trial_dir": cfg.save_root,
-                "sweep.launch": self.launch, "sweep.precision": precision(cfg, resolve_device(cfg))}
+                "sweep.launch": self.launch, "sweep.precision": precision(cfg, resolve_device(cfg)),
+                **self.provenance}
         try:
             trial.set_user_attr("launch", self.launch)
             if self.spec.is_grid and (other := holder(trial.study, trial)) is not None:
@@ -116,7 +123,8 @@ class Objective:
         return path, state, earlier[0].info.run_id
 
     def _train(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun, resume_from: Path | None = None) -> float:
-        data = self._load(cfg)
+        data, dataset = self._load(cfg)
+        log_dataset(self.client, (run.run_id, self.parent.run_id), dataset)
         run.log_baselines(data.baselines)  # before training, so a pruned or interrupted trial has them too
         pruning = PruningCallback(trial, self.spec.metric)
         history = fit(cfg, data, callbacks=[run, pruning], resume_from=resume_from, progress=False)
@@ -133,10 +141,11 @@ class Objective:
             "val_psnr_per_frame.csv": csv, "val_rollout.gif": gif, "checkpoints/best.ckpt": history.best_checkpoint})
         return value
 
-    def _load(self, cfg: TrainConfig) -> VideoData:
+    def _load(self, cfg: TrainConfig) -> tuple[VideoData, Dataset]:
         key = tuple(getattr(cfg, name) for name in DATA_FIELDS)
         if key not in self._data:
-            self._data = {key: load_video_data(cfg)}  # one data set held at a time: sweeps rarely vary it
+            data = load_video_data(cfg)
+            self._data = {key: (data, data_set(cfg, data))}  # one data set held at a time: sweeps rarely vary it
         return self._data[key]
 
     def _record_failure(self, trial: optuna.Trial, cfg: TrainConfig, run: TrialRun | None,

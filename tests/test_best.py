@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -47,6 +50,8 @@ def sweep(small_dataset, tmp_path_factory):
     log_sweep(client, "tiny", {}, trials, root / "artifacts")
     log_sweep(client, "tiny_best", {"sweep.metric": "best_val_psnr", "sweep.direction": "maximize"}, trials,
               root / "artifacts")
+    log_sweep(client, "tiny_corrupt", {}, trials[:1], root / "artifacts")
+    client.create_experiment("not_a_sweep")  # an experiment without a sweep's parent run
     return uri, history
 
 
@@ -64,13 +69,46 @@ def test_objective_is_the_sweeps_and_save_root_serves_without_artifact(sweep, tm
     uri, history = sweep
     best = best_trial("tiny_best", uri)
     assert (best.run.info.run_name, best.metric, best.value) == ("no-artifact", "best_val_psnr", 35.0)
-    assert fetch_checkpoint(best.run, uri, tmp_path) == history.best_checkpoint
+    assert fetch_checkpoint(best.run, uri) == history.best_checkpoint
 
 
-def test_unknown_sweep_lists_the_known_ones(sweep):
+def test_unknown_sweep_lists_the_known_ones_and_no_other_experiment(sweep):
     uri, _ = sweep
-    with pytest.raises(SpecError, match=r"no sweep 'tiyn' in MLflow at .*; the sweeps there are: Default, tiny, tiny_"):
+    with pytest.raises(SpecError, match=r"no sweep 'tiyn' in MLflow at .*; the sweeps there are: "
+                                        r"tiny, tiny_best, tiny_corrupt$"):
         best_trial("tiyn", uri)
+    with pytest.raises(SpecError, match=r"no sweep 'not_a_sweep' .* are: tiny, tiny_best, tiny_corrupt$"):
+        best_trial("not_a_sweep", uri)
+
+
+def test_a_corrupt_best_checkpoint_is_named_where_it_lies(sweep, tmp_path, capsys):
+    uri, _ = sweep
+    assert main(["--sweep", "tiny_corrupt", "--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]  # after the log
+    named = re.fullmatch(r"error: checkpoint (\S+) is corrupt or not a checkpoint \(\w+\)", line)
+    assert named and Path(named[1]).read_bytes() == b"garbage"
+
+
+def test_the_best_checkpoint_is_registered_as_a_new_model_version(sweep, tmp_path, capsys):
+    uri, history = sweep
+    client = mlflow.MlflowClient(uri)
+    best = best_trial("tiny", uri).run.info.run_id
+    for version in ("1", "2"):
+        assert main(["--sweep", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / version), "--split", "val",
+                     "--register"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"registered runs:/{best}/checkpoints/best.ckpt as model 'tiny' version {version}")
+    registered = client.get_model_version("tiny", "2")
+    assert (registered.run_id, registered.description) == (best, "best trial of sweep tiny by val_psnr (maximize): 30")
+
+    # a best trial whose checkpoint is only under its save_root: logged as the run's artifact, then registered
+    assert main(["--sweep", "tiny_best", "--tracking-uri", uri, "--out", str(tmp_path / "b"), "--split", "val",
+                 "--register", "cvae-best"]) == 0
+    no_artifact = best_trial("tiny_best", uri).run.info.run_id
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"registered runs:/{no_artifact}/checkpoints/best.ckpt as model 'cvae-best' version 1")
+    local = mlflow.artifacts.download_artifacts(f"runs:/{no_artifact}/checkpoints/best.ckpt", tracking_uri=uri)
+    assert Path(local).read_bytes() == history.best_checkpoint.read_bytes()
 
 
 def test_missing_database_is_one_line(tmp_path, capsys):

@@ -32,9 +32,10 @@ class PruneAtOnce(optuna.pruners.BasePruner):
 def sampled_objective(folder: Path, data: Path | None, parameters: str):
     """A sampled spec of a tiny model on `data` (else a swept DR), its parent run and the objective of a CPU worker."""
     path = folder / "s.yaml"
+    data_root = "" if data is None else f'DR: "{data}", '
     path.write_text(textwrap.dedent(f"""\
         name: s
-        base: {{{"" if data is None else f'DR: "{data}", '}F_dim: 16, L_dim: 8, N_dim: 2, D_out_dim: 16, train_vi_len: 4,
+        base: {{{data_root}F_dim: 16, L_dim: 8, N_dim: 2, D_out_dim: 16, train_vi_len: 4,
                 val_vi_len: 8, batch_size: 4, partial: 0.25, num_epoch: 3, per_save: 1}}
         parameters: {parameters}
         sampler: random

@@ -42,8 +42,9 @@ from experiments.gpu_memory import auto_trials_per_gpu
 from experiments.objective import DATA_FIELDS
 from experiments.spec import (DEFAULT_TRACKING_URI, URL, Execution, SweepSpec, group_key, group_label, train_config,
                               trial_plan)
-from experiments.study import (Progress, fail_running, launch_id, open_study, progress, start_launch,
-                               summary_table, sweep_id)
+from experiments.launch_files import check_journal, check_tracking_db, check_tracking_kept, hold_storage
+from experiments.study import (ERROR, MLFLOW_RUN_ID, SEED, Progress, fail_running, find_study, launch_id, open_study,
+                               progress, start_launch, summary_table, sweep_id)
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
 from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
 
@@ -165,11 +166,27 @@ class Outcome:
 
 
 def launch(spec: SweepSpec) -> Outcome:
-    """Run the sweep (or what is left of it) with one worker process per slot; see the module docstring."""
+    """Run the sweep (or what is left of it) with one worker process per slot; see the module docstring.
+
+    Nothing is written before the tracking database, the data, the storage's lock and the study's
+    files have been checked.
+    """
     started = time.perf_counter()
     check_reachable(spec.tracking_uri)
+    check_tracking_db(spec.tracking_uri)
     check_data(spec)
-    study = open_study(spec)
+    with hold_storage(spec.storage, spec.source):
+        return _launch_held(spec, started)
+
+
+def _launch_held(spec: SweepSpec, started: float) -> Outcome:
+    check_journal(spec.storage)
+    study = find_study(spec)
+    if study is None:
+        study = open_study(spec)
+    else:
+        logged = sum(MLFLOW_RUN_ID in trial.user_attrs for trial in study.get_trials(deepcopy=False))
+        check_tracking_kept(spec.tracking_uri, logged, spec.storage)
     share = start_launch(spec, study)
     before = progress(spec, study)
     log.info("study %s in %s: %d of %d trials done, %d to run", spec.name, spec.storage, before.done,
@@ -297,8 +314,8 @@ class _Watcher:
             if trial.number in self.known:
                 continue
             self.known.add(trial.number)
-            failed = FailedTrial(trial.number, group_label(trial.params), trial.user_attrs["seed"],
-                                 trial.user_attrs.get("error", "its worker stopped"))
+            failed = FailedTrial(trial.number, group_label(trial.params), trial.user_attrs[SEED],
+                                 trial.user_attrs.get(ERROR, "its worker stopped"))
             self.failed.append(failed)
             log.warning("trial %d (%s, seed %s) FAILED: %s", failed.number, failed.configuration, failed.seed,
                         failed.error)

@@ -8,12 +8,12 @@ the enqueued value). Workers pop queued trials atomically (journal file lock or 
 several processes share one queue and each cell x seed runs once. COMPLETE is never repeated.
 
 `prepare_study` runs in each launcher before its workers start. On a journal file or SQLite (one
-launcher per study at a time) any RUNNING trial then belongs to a dead launch, so it is failed and its
-cell queued again. On a server database (PostgreSQL, MySQL) several launchers share the study: a
-RUNNING trial may be another host's, so only trials whose heartbeat stopped for the grace period are
-failed, and the heartbeat's retry callback queues them again. Two launchers preparing at once may
-queue a cell twice; the objective runs the copy only if no other trial of the cell is COMPLETE or,
-with a smaller number, RUNNING (`holder`).
+launcher per file at a time, `launch_files.hold_storage`) any RUNNING trial then belongs to a dead
+launch, so it is failed and its cell queued again. On a server database (PostgreSQL, MySQL) several
+launchers share the study: a RUNNING trial may be another host's, so only trials whose heartbeat
+stopped for the grace period are failed, and the heartbeat's retry callback queues them again. Two
+launchers preparing at once may queue a cell twice; the objective runs the copy only if no other
+trial of the cell is COMPLETE or, with a smaller number, RUNNING (`holder`).
 A grid trial's params are its cell, so Optuna's own plots work; each axis is one categorical over all
 its values, and Optuna fixes a categorical's choices per study: a resumed study takes more seeds, but
 a changed axis or base needs a new name (prepare_study says so).
@@ -34,7 +34,6 @@ import socket
 import uuid
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -42,7 +41,8 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from cvae.config import LEGACY_VALUES, TrainConfig
-from experiments.errors import SpecError, one_line, show
+from experiments.errors import SpecError, SweepError, one_line, show
+from experiments.launch_files import storage_file
 from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group_label, trial_plan
 
 HEARTBEAT_S = 60
@@ -51,6 +51,11 @@ GRACE_S = 120
 HEARTBEAT_ENV, GRACE_ENV = "SWEEP_HEARTBEAT_S", "SWEEP_GRACE_S"
 MAX_RETRY = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# The user attrs that resuming reads. On a trial: its seed and group_key, queued with a grid cell (set by
+# `suggest` on a sampled trial; see is_sweep_trial); the objective's launch_id, MLflow run and error.
+SEED, GROUP, LAUNCH, MLFLOW_RUN_ID, ERROR = "seed", "group", "launch", "mlflow_run_id", "error"
+# On the study: the id its MLflow parent run is tagged with, and the base it was run with.
+SWEEP_ID, SWEEP_CONFIG = "sweep_id", "sweep_config"
 log = logging.getLogger(__name__)
 
 
@@ -72,34 +77,57 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 
 def make_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:
-    """A journal file (parent folders created), or an RDB whose heartbeat fails and re-queues dead trials.
+    """A journal file or an RDB (a file's parent folders created); an RDB's heartbeat fails and re-queues dead trials.
 
     The heartbeat interval and grace period are HEARTBEAT_S and GRACE_S seconds unless the environment
     sets SWEEP_HEARTBEAT_S and SWEEP_GRACE_S.
     """
-    if URL.match(spec.storage):
-        if spec.storage.startswith("sqlite:///") and ":memory:" not in spec.storage:
-            Path(spec.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and said by every worker
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-                return optuna.storages.RDBStorage(
-                    spec.storage, heartbeat_interval=int(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S)),
-                    grace_period=int(os.environ.get(GRACE_ENV, GRACE_S)), heartbeat_stale_trial_callback=retry)
-        except Exception as err:  # noqa: BLE001 - SQLAlchemy and missing DB drivers share no base class
-            raise SpecError(f"{spec.source}: storage: cannot open {spec.storage!r} ({one_line(err)})") from None
-    path = Path(spec.storage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    path = storage_file(spec.storage)  # None for a database server
+    try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if not URL.match(spec.storage):
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except OSError as err:
+        raise SpecError(f"{spec.source}: storage: cannot create {path} ({one_line(err)})") from None
+    except (ValueError, KeyError, TypeError) as err:  # whole JSON lines that are no records Optuna can replay
+        raise SweepError(f"{path}: Optuna cannot replay this journal ({type(err).__name__}: {one_line(err)}); "
+                         "restore the file") from None
+    try:
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and said by every worker
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+            return optuna.storages.RDBStorage(
+                spec.storage, heartbeat_interval=int(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S)),
+                grace_period=int(os.environ.get(GRACE_ENV, GRACE_S)), heartbeat_stale_trial_callback=retry)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy and missing DB drivers share no base class
+        raise SpecError(f"{spec.source}: storage: cannot open {spec.storage!r} ({one_line(err)})") from None
+
+
+def find_study(spec: SweepSpec, worker: int = 0) -> optuna.Study | None:
+    """The spec's study if its storage holds one, read without writing; `worker` offsets the sampler seed.
+
+    (`create_study(load_if_exists=True)` appends a record to a journal even when the study is there.)
+    """
+    storage = make_storage(spec)
+    if spec.name not in {summary.study_name for summary in storage.get_all_studies()}:
+        return None
+    return _check_direction(spec, optuna.load_study(study_name=spec.name, storage=storage,
+                                                    sampler=make_sampler(spec, worker), pruner=make_pruner(spec)))
 
 
 def open_study(spec: SweepSpec, worker: int = 0) -> optuna.Study:
-    """Create or load the spec's study with its sampler and pruner; `worker` offsets the sampler seed."""
-    study = optuna.create_study(
+    """Load the spec's study, or create it, with its sampler and pruner; `worker` offsets the sampler seed."""
+    study = find_study(spec, worker)
+    if study is not None:
+        return study
+    return _check_direction(spec, optuna.create_study(  # a launcher sharing the database may have made it first
         storage=make_storage(spec), sampler=make_sampler(spec, worker), pruner=make_pruner(spec),
         study_name=spec.name, direction=spec.direction, load_if_exists=True,
-    )
+    ))
+
+
+def _check_direction(spec: SweepSpec, study: optuna.Study) -> optuna.Study:
     if study.direction.name.lower() != spec.direction:
         raise SpecError(f"{spec.source}: objective.direction: study {spec.name!r} in {spec.storage} was created "
                         f"to {study.direction.name.lower()}; give the sweep a new name")
@@ -120,16 +148,16 @@ def suggest(spec: SweepSpec, trial: optuna.Trial) -> tuple[dict[str, Any], int]:
             overrides[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step,
                                                     log=p.distribution == "log_uniform_values")
     # A re-queued trial (heartbeat retry) keeps its seed; a fresh one takes the next in the cycle.
-    seed = trial.user_attrs.get("seed", spec.seeds[trial.number % len(spec.seeds)])
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("group", group_key(overrides))
+    seed = trial.user_attrs.get(SEED, spec.seeds[trial.number % len(spec.seeds)])
+    trial.set_user_attr(SEED, seed)
+    trial.set_user_attr(GROUP, group_key(overrides))
     return overrides, seed
 
 
 def _suggest_cell(spec: SweepSpec, trial: optuna.Trial) -> tuple[dict[str, Any], int]:
     cells = {group_key(cell): cell for cell in spec.cells}
-    cell = cells.get(trial.user_attrs.get("group"))
-    seed = trial.user_attrs.get("seed")
+    cell = cells.get(trial.user_attrs.get(GROUP))
+    seed = trial.user_attrs.get(SEED)
     if cell is None or seed not in spec.seeds:
         raise SpecError(f"{spec.source}: trial {trial.number} is not a queued cell of this grid "
                         "(the queue was empty, or the spec changed since prepare_study queued it)")
@@ -159,7 +187,7 @@ def missing_cells(spec: SweepSpec, study: optuna.Study) -> list[tuple[dict[str, 
 def _cell_of(trial: optuna.trial.FrozenTrial) -> tuple[str, Any]:
     """(group key, seed) of a grid trial; the queued `group` attr, since an objective may suggest more params."""
     params = trial.system_attrs.get("fixed_params", trial.params)
-    return trial.user_attrs.get("group", group_key(params)), trial.user_attrs.get("seed")
+    return trial.user_attrs.get(GROUP, group_key(params)), trial.user_attrs.get(SEED)
 
 
 def remaining_trials(spec: SweepSpec, study: optuna.Study) -> int:
@@ -197,7 +225,7 @@ def prepare_study(spec: SweepSpec, study: optuna.Study) -> int:
         if queued.get(key):
             queued[key] -= 1
             continue
-        study.enqueue_trial(cell, user_attrs={"seed": seed, "group": group_key(cell)})
+        study.enqueue_trial(cell, user_attrs={SEED: seed, GROUP: group_key(cell)})
         added += 1
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     log.info("study %s: queued %d trials, %d waiting in all", spec.name, added, waiting)
@@ -217,7 +245,7 @@ def launch_id(launcher_pid: int) -> str:
 def fail_running(study: optuna.Study, launch: str | None = None) -> list[FrozenTrial]:
     """Fail every RUNNING trial (their workers are gone), or those of one `launch`; returns them as they were."""
     running = [trial for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if launch is None or trial.user_attrs.get("launch") == launch]
+               if launch is None or trial.user_attrs.get(LAUNCH) == launch]
     for trial in running:
         study.tell(trial.number, state=TrialState.FAIL)
     return running
@@ -254,7 +282,7 @@ def holder(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
 
     The smaller number wins, so of two copies queued by launchers preparing at once exactly one runs.
     """
-    cell = (trial.user_attrs.get("group"), trial.user_attrs.get("seed"))
+    cell = (trial.user_attrs.get(GROUP), trial.user_attrs.get(SEED))
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
         if other.number != trial.number and _cell_of(other) == cell and (
                 other.state == TrialState.COMPLETE or other.number < trial.number):
@@ -264,7 +292,7 @@ def holder(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
 
 def is_sweep_trial(trial: FrozenTrial) -> bool:
     """A trial of the plan, not one a worker made from an empty queue (see the module's docstring)."""
-    return "seed" in trial.user_attrs
+    return SEED in trial.user_attrs
 
 
 def sweep_id(study: optuna.Study) -> str:
@@ -273,10 +301,10 @@ def sweep_id(study: optuna.Study) -> str:
     Made from the study's name and its id in the storage, so launchers that find it missing at the
     same moment write the same value (studies made before keep the random id they were given).
     """
-    if "sweep_id" not in study.user_attrs:
+    if SWEEP_ID not in study.user_attrs:
         made = uuid.uuid5(uuid.NAMESPACE_OID, f"optuna-study:{study.study_name}:{study._study_id}")
-        study.set_user_attr("sweep_id", made.hex)
-    return study.user_attrs["sweep_id"]
+        study.set_user_attr(SWEEP_ID, made.hex)
+    return study.user_attrs[SWEEP_ID]
 
 
 @dataclass(frozen=True)
@@ -308,8 +336,8 @@ def summary_table(spec: SweepSpec, study: optuna.Study) -> pd.DataFrame:
 
     Columns: configuration (its label), group (its key), seeds (how many finished), mean, std.
     """
-    rows = [{"configuration": group_label(t.params), "group": t.user_attrs.get("group", group_key(t.params)),
-             "seed": t.user_attrs["seed"], "value": t.value}
+    rows = [{"configuration": group_label(t.params), "group": t.user_attrs.get(GROUP, group_key(t.params)),
+             "seed": t.user_attrs[SEED], "value": t.value}
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_sweep_trial(t)]
     if not rows:
         return pd.DataFrame(columns=["configuration", "group", "seeds", "mean", "std"])
@@ -324,13 +352,13 @@ def _check_base(spec: SweepSpec, study: optuna.Study) -> None:
     The defaults count too: an upgrade that changes one (bf16 on by default, say) would otherwise
     mix trials of two kinds in one comparison.
     """
-    stored = study.user_attrs.get("sweep_config")
+    stored = study.user_attrs.get(SWEEP_CONFIG)
     base = json.loads(json.dumps({**TrainConfig().to_dict(), **spec.base}))
     base.pop("seed")
     if stored is not None:  # a field added since the study started counts as its old behaviour
         stored = {**LEGACY_VALUES, **stored}
     if stored is None:
-        study.set_user_attr("sweep_config", base)
+        study.set_user_attr(SWEEP_CONFIG, base)
     elif stored != base:
         changed = sorted(k for k in set(stored) | set(base) if stored.get(k) != base.get(k))
         raise SpecError(f"{spec.source}: base: study {spec.name!r} was run with another base "

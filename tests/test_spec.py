@@ -268,6 +268,15 @@ def test_values_are_read_as_train_config_reads_them(tmp_path):
     assert train_config(spec, grid_cells(spec)[0], 1).milestones == (10, 20)
 
 
+def test_a_long_values_list_keeps_its_order_and_a_repeat_at_its_end_is_named(tmp_path):
+    # 100,000 values: `python benchmarks/spec_validation.py`; here few, as each builds a TrainConfig
+    values = ", ".join(str(epochs) for epochs in range(1, 31))
+    spec = load_spec(write(tmp_path, f"name: x\nsampler: random\nn_trials: 1\nparameters: {{num_epoch: [{values}]}}\n"))
+    assert spec.parameters[0].values == tuple(range(1, 31))
+    path = write(tmp_path, f"name: x\nsampler: random\nn_trials: 1\nparameters: {{num_epoch: [{values}, '7']}}\n")
+    assert spec_error(path) == "parameters.num_epoch.values[30]: '7' repeats a value (as num_epoch it is 7)"
+
+
 def test_parameters_cross_every_subgrid(tmp_path):
     spec = load_spec(write(tmp_path, """
         name: x

@@ -19,8 +19,11 @@ from cvae.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"  # in a run's save_root
+BEST_FILE = "best.ckpt"  # the epoch of the best validation PSNR, beside the epoch files
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.ckpt$")
 KEEP_EPOCH_FILES = 2  # the newest and one before it, to fall back on if the newest is corrupt
+RESUME_KEYS = ("epoch", "optimizer", "scheduler", "data_rng", "noise_rng", "history")  # what fit restores
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -71,6 +74,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "model" not in state:
         raise CheckpointError(f"checkpoint {path} was not written by this trainer (format {FORMAT_VERSION})")
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} holds no 'config', the TrainConfig its model was trained with, "
+                              f"so that model cannot be built; it was edited, or not written by this trainer")
     return state
 
 
@@ -80,6 +86,37 @@ def config_of(state: dict[str, Any], path: str | Path) -> TrainConfig:
         return TrainConfig.from_dict({**LEGACY_VALUES, **state["config"]}, source=f"checkpoint {path}")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
+
+
+def check_resumable(state: dict[str, Any], path: str | Path, cfg: TrainConfig, model: torch.nn.Module) -> None:
+    """Refuse, naming the file, a checkpoint a run of `cfg` cannot continue: `model` is a fresh model of `cfg`."""
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: it holds no {', '.join(missing)}")
+    load_weights(model, state, path, resumed_as=cfg)
+    if state["epoch"] >= cfg.num_epoch:
+        raise CheckpointError(f"checkpoint {path} has completed {state['epoch']} epochs, and num_epoch="
+                              f"{cfg.num_epoch}: nothing is left to train; pass --num_epoch {state['epoch'] + 1} "
+                              f"or more to train on")
+
+
+@contextlib.contextmanager
+def rescued_on_failure(state: dict[str, Any], folder: Path, epoch: int):
+    """A save inside that fails (a read-only folder, a full disk) still keeps the epoch: `state` goes into a
+    temporary folder, and a CheckpointError says where and how to resume from it."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
+        try:
+            rescued = Path(tempfile.mkdtemp(prefix="cvae-rescued-")) / f"epoch_{epoch:04d}.ckpt"
+            save_atomic(state, rescued)
+        except (OSError, RuntimeError) as also:
+            raise CheckpointError(f"cannot write checkpoints into {folder} ({reason}), nor into a temporary "
+                                  f"folder ({also}): epoch {epoch} is lost") from None
+        raise CheckpointError(f"cannot write checkpoints into {folder} ({reason}); epoch {epoch} was saved to "
+                              f"{rescued} instead: move it into {folder} once that can be written, and "
+                              f"resume from there") from None
 
 
 def save_epoch(state: dict[str, Any], folder: Path, epoch: int) -> Path:
@@ -108,12 +145,15 @@ def latest_good(folder: str | Path) -> Path | None:
     return None
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """Load state['model'] into `model`; a CheckpointError names the first weight that does not fit."""
-    cfg, weights = config_of(state, path), state["model"]
-    described = (f"the model its config describes (F_dim={cfg.F_dim}, L_dim={cfg.L_dim}, N_dim={cfg.N_dim}, "
-                 f"D_out_dim={cfg.D_out_dim})")
-    hint = "was its config edited, or the file written by another version of cvae/model.py?"
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path,
+                 resumed_as: TrainConfig | None = None) -> None:
+    """Load state['model'] into `model`, a model of the checkpoint's config or of `resumed_as` (the run
+    continuing it); a CheckpointError names the first weight that does not fit, or is not finite."""
+    cfg, weights = resumed_as or config_of(state, path), state["model"]
+    whose = "the resumed run's model" if resumed_as else "the model its config describes"
+    described = f"{whose} (F_dim={cfg.F_dim}, L_dim={cfg.L_dim}, N_dim={cfg.N_dim}, D_out_dim={cfg.D_out_dim})"
+    hint = ("a resumed run keeps the checkpoint's model fields" if resumed_as else
+            "was its config edited, or the file written by another version of cvae/model.py?")
     if not isinstance(weights, dict):
         raise CheckpointError(f"checkpoint {path} holds no state dict under 'model'")
     expected = model.state_dict()
@@ -129,4 +169,10 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path
             shape = list(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
             raise CheckpointError(f"checkpoint {path} holds weights of another shape than {described}: "
                                   f"{name} is {shape} where the config needs {list(tensor.shape)}; {hint}")
+    broken = [name for name, stored in weights.items() if stored.is_floating_point() and not stored.isfinite().all()]
+    if broken:
+        first = weights[broken[0]]
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights: {len(broken)} tensors, first {broken[0]} "
+                              f"with {int(first.isnan().sum())} NaN and {int(first.isinf().sum())} infinite values; "
+                              f"the file is damaged, or was saved after training diverged")
     model.load_state_dict(weights)

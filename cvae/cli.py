@@ -7,9 +7,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from cvae import checkpoint
-from cvae.config import TrainConfig, load_yaml_config
-from cvae.errors import CVAEError
+from cvae import checkpoint, folders
+from cvae.config import TrainConfig, read_yaml_overrides
+from cvae.errors import CVAEError, OutputError
 
 DEFAULT_DATA_ROOT = TrainConfig.DR
 
@@ -22,21 +22,46 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                            ("int", "float", "str", "bool") else "VALUE", help=f"default: {_shown(f.default)}")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults <- checkpoint's config (when resuming without --config) <- --config file <- flags."""
+def config_from_args(args: argparse.Namespace, overrides: dict, resume_from: Path | None) -> TrainConfig:
+    """Defaults <- the checkpoint's config (resuming without --config) <- --config file <- flags.
+
+    A resume writes into the run folder holding its checkpoint (`<folder>/checkpoints/<file>`) unless
+    --save_root or the --config file (its `overrides`) names another: a copied run folder is resumed in the copy.
+    """
+    flags = _flags(args)
     base = TrainConfig()
-    if getattr(args, "ckpt_path", None) and not args.config:
-        base = checkpoint.config_of(checkpoint.load(args.ckpt_path), args.ckpt_path)
+    if resume_from is not None and not args.config:
+        base = checkpoint.config_of(checkpoint.load(resume_from), resume_from)
     if args.config:
-        base = load_yaml_config(args.config, base)
-    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    return TrainConfig.from_dict({**base.to_dict(), **flags}, source="command line")
+        base = TrainConfig.from_dict({**base.to_dict(), **overrides}, source=str(args.config))
+    if resume_from is not None and "save_root" not in {**overrides, **flags} \
+            and resume_from.parent.name == checkpoint.CHECKPOINT_DIR:
+        flags["save_root"] = str(resume_from.parent.parent)
+    return TrainConfig.from_dict({**base.to_dict(), **flags})
+
+
+def resume_point(args: argparse.Namespace, overrides: dict) -> Path | None:
+    """The checkpoint to continue: --ckpt_path, or with --resume the newest good one in the save_root asked for."""
+    if not args.resume:
+        return args.ckpt_path
+    asked = {**overrides, **_flags(args)}
+    folder = Path(str(asked.get("save_root", TrainConfig.save_root)))
+    found = checkpoint.latest_good(folder / checkpoint.CHECKPOINT_DIR)
+    if found is None:
+        raise OutputError(f"--resume: save_root {folder} holds no checkpoint to continue "
+                          f"({checkpoint.CHECKPOINT_DIR}/epoch_NNNN.ckpt); train without --resume to start a run")
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cvae.train", description="Train the pose-conditioned video CVAE.")
     parser.add_argument("--config", type=Path, help="YAML file of TrainConfig overrides")
-    parser.add_argument("--ckpt_path", type=Path, help="resume from this checkpoint (its config is the base)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--ckpt_path", type=Path, help="resume from this checkpoint (its config is the base), in "
+                                                      "the run folder holding it unless --save_root names another")
+    start.add_argument("--resume", action="store_true", help="continue the newest checkpoint in save_root")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start over in a save_root that holds a run, moving that run aside to <save_root>.old-N")
     add_config_flags(parser)
     return parser
 
@@ -45,49 +70,62 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        overrides = read_yaml_overrides(args.config) if args.config else {}
+        resume_from = resume_point(args, overrides)
+        cfg = config_from_args(args, overrides, resume_from)
     except CVAEError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        run(cfg, args.ckpt_path)
+        run(cfg, resume_from, args.overwrite)
     except CVAEError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: resume with --ckpt_path on the newest file in "
-              f"{Path(cfg.save_root) / 'checkpoints'}", file=sys.stderr)
+        print(f"interrupted: continue with --resume --save_root {cfg.save_root}", file=sys.stderr)
         return 130
     return 0
 
 
-def run(cfg: TrainConfig, ckpt_path: Path | None) -> None:
+def run(cfg: TrainConfig, resume_from: Path | None, overwrite: bool = False) -> None:
+    """Train `cfg` into its save_root, which must hold no other run; every check comes before the first write."""
     from cvae.data import load_video_data
     from cvae.metrics import save_psnr_csv
     from cvae.model import VideoCVAE, parameter_count
     from cvae.synthetic import ensure_dataset
     from cvae.train import fit, resolve_device
 
+    save_root = Path(cfg.save_root)
+    model = VideoCVAE(cfg)
+    resumed = None
+    if resume_from is not None:
+        state = checkpoint.load(resume_from)
+        checkpoint.check_resumable(state, resume_from, cfg, model)
+        resumed = (resume_from, state["epoch"])
+    folders.check_claim(save_root, resumed, overwrite)
+    device = resolve_device(cfg)
     if cfg.DR == DEFAULT_DATA_ROOT:
         ensure_dataset(Path(cfg.DR))
     data = load_video_data(cfg)
     print(f"data {cfg.DR}: {len(data.train_images)} training clips of {cfg.train_vi_len} frames, "
           f"validation video of {len(data.val_images)} frames, {cfg.frame_H}x{cfg.frame_W}")
     print(baselines_line(data.baselines))
-    print(f"model {cfg.model}: {parameter_count(VideoCVAE(cfg)):,} parameters on {resolve_device(cfg)}")
-    save_root = Path(cfg.save_root)
-    save_root.mkdir(parents=True, exist_ok=True)
-    (save_root / "config.yaml").write_text(_yaml(cfg))
-    history = fit(cfg, data, callbacks=[print_epoch(cfg)], resume_from=ckpt_path)
+    print(f"model {cfg.model}: {parameter_count(model):,} parameters on {device}")
+    if overwrite and folders.earlier_run(save_root):
+        print(f"moved the earlier run in {save_root} aside to {folders.move_aside(save_root)}")
+    folders.writable_folder(save_root, "save_root")
+    folders.writable_folder(save_root / checkpoint.CHECKPOINT_DIR, "the checkpoint folder")
+    (save_root / folders.CONFIG_FILE).write_text(_yaml(cfg))
+    history = fit(cfg, data, callbacks=[print_epoch(cfg)], resume_from=resume_from)
     last = history.epochs[-1]
-    csv_path = save_psnr_csv(save_root / "val_psnr_per_frame.csv", last.val_psnr_per_frame)
+    csv_path = save_psnr_csv(save_root / folders.PSNR_FILE, last.val_psnr_per_frame)
     baselines = data.baselines
     print(f"validation PSNR {last.val_psnr:.2f} dB (best {history.best_val_psnr:.2f} dB), "
           f"{last.val_psnr - baselines.first_mean:+.2f} dB over copying the first frame; "
           f"one-step PSNR {last.val_psnr_1step:.2f} dB, {last.val_psnr_1step - baselines.previous_mean:+.2f} dB "
           f"over copying the previous frame")
     print(baselines_line(baselines))
-    print(f"checkpoints in {save_root / 'checkpoints'}; per-frame PSNR in {csv_path}")
+    print(f"checkpoints in {save_root / checkpoint.CHECKPOINT_DIR}; per-frame PSNR in {csv_path}")
 
 
 def baselines_line(baselines) -> str:
@@ -110,6 +148,11 @@ def _yaml(cfg: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields given as flags."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
 
 
 def _shown(default) -> str:

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
+
+import yaml
 
 from cvae.errors import ConfigError
 
@@ -19,6 +23,8 @@ NORMS = ("batch", "group")
 # what a config written before a field existed meant by leaving it out (checkpoints, stored studies)
 LEGACY_VALUES = {"model": "light", "frame_output": "residual", "loss": "lab", "augment": False, "norm": "batch"}
 MIN_FRAME_SIDE = 8  # the Label_Encoder's 7x7 reflection-padded stem needs more than 3 pixels a side
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit, and the trainer adds small offsets for its other streams
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,17 @@ class TrainConfig:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        """Build from a mapping; an unknown key is a ConfigError naming it and `source`."""
+    def from_dict(cls, values: Mapping[str, Any], source: str | None = None) -> "TrainConfig":
+        """Build from a mapping; a ConfigError names the key, and `source` (a file, a checkpoint) where given."""
+        where = f"{source}: " if source else ""
         known = {f.name for f in fields(cls)}
         for key in values:
             if key not in known:
-                raise ConfigError(f"{source}: unknown TrainConfig key {key!r}{_did_you_mean(key, known)}")
-        return cls(**values)
+                raise ConfigError(f"{where}unknown TrainConfig key {key!r}{_did_you_mean(str(key), known)}")
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise ConfigError(f"{where}{err}") from None
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -101,19 +111,62 @@ class TrainConfig:
 
 def load_yaml_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Apply the overrides of a YAML file to `base` (default: the defaults)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
+    return TrainConfig.from_dict({**(base or TrainConfig()).to_dict(), **read_yaml_overrides(path)}, source=str(path))
+
+
+def read_yaml_overrides(path: Path) -> dict[Any, Any]:
+    """The mapping a config YAML file holds, unchecked; a ConfigError names the file when it holds none."""
+    if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: is {'a folder' if path.is_dir() else 'not a regular file'}; "
+                          f"give a YAML file of TrainConfig keys")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: is UTF-16 text; save it as UTF-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                          f"is it a binary file?") from None
+    try:
+        values = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: not valid YAML ({where}{_one_line(err.problem or err)})") from None
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as err:  # dates out of range, deep nesting
+        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {_one_line(err)})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of TrainConfig keys, got {type(values).__name__}")
-    merged = {**(base or TrainConfig()).to_dict(), **values}
-    return TrainConfig.from_dict(merged, source=str(path))
+    return values
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice, where PyYAML would silently keep the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key; the base class says so
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _one_line(err: object) -> str:
+    return " ".join(str(err).split())
 
 
 def _field_type(f: dataclasses.Field) -> Any:
@@ -140,7 +193,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         try:
             return float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer beyond a float's range
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     if kind is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -159,6 +212,8 @@ def _validate(cfg: TrainConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}={getattr(cfg, key)!r}: {what}")
 
+    for folder in ("DR", "save_root"):  # "" would mean the working directory
+        need(getattr(cfg, folder).strip() != "" and "\0" not in getattr(cfg, folder), folder, "must name a folder")
     need(cfg.kl_anneal_type in KL_ANNEAL_TYPES, "kl_anneal_type", f"must be one of {', '.join(KL_ANNEAL_TYPES)}")
     need(cfg.model in MODEL_NAMES, "model", f"must be one of {', '.join(MODEL_NAMES)}")
     need(cfg.frame_output in FRAME_OUTPUTS, "frame_output", f"must be one of {', '.join(FRAME_OUTPUTS)}")
@@ -169,6 +224,8 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.lr > 0, "lr", "must be positive")
     need(0 <= cfg.lr_min <= cfg.lr, "lr_min", "must be between 0 and lr")
     need(cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
+    for key in ("lr", "weight_decay"):  # inf passes the bounds above, and would turn the weights to NaN in epoch 1
+        need(math.isfinite(getattr(cfg, key)), key, "must be finite")
     need(0 < cfg.gamma <= 1, "gamma", "must be in (0, 1]")
     need(list(cfg.milestones) == sorted(set(cfg.milestones)) and all(m > 0 for m in cfg.milestones),
          "milestones", "must be increasing positive epochs")
@@ -195,8 +252,8 @@ def _validate(cfg: TrainConfig) -> None:
     need(cfg.tfr_d_step >= 0, "tfr_d_step", "must be >= 0")
     need(cfg.kl_anneal_cycle >= 1, "kl_anneal_cycle", "must be >= 1")
     need(0 < cfg.kl_anneal_ratio <= 1, "kl_anneal_ratio", "must be in (0, 1]")
-    need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
-         "device", "must be auto, cpu, cuda or cuda:N")
+    need(DEVICE.fullmatch(cfg.device) is not None, "device", "must be auto, cpu, cuda or cuda:N")
+    need(0 <= cfg.seed <= MAX_SEED, "seed", f"must be between 0 and 2**63-1 ({MAX_SEED})")
 
 
 def _plain(value: Any) -> Any:

@@ -25,7 +25,10 @@ from cvae.metrics import CopyBaselines, copy_baselines
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".cache"
-CACHE_VERSION = 2  # part of every fingerprint: bump it when decoding changes, to retire old caches
+CACHE_VERSION = 3  # part of every fingerprint: bump it when decoding or the fingerprint changes, to retire old caches
+# a file's fingerprint reads this many bytes at each end: a PNG ends with the zlib checksum of all its pixels
+SAMPLE_BYTES = 4096
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")  # how PIL opens a 16-bit grayscale PNG
 FRAME_NAME = re.compile(r"frame(\d+)\.png")
 SPLITS = ("train", "val")
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while decoding and resizing
@@ -219,11 +222,31 @@ def _natural_key(name: str) -> list:
 
 
 def _fingerprint(root: Path, files: list[_File]) -> str:
-    """A digest of the files' names, sizes and modification times: it changes when any file does."""
+    """A digest of the files' names, sizes, modification times and first and last SAMPLE_BYTES.
+
+    The ends catch a file replaced by another of the same size and time stamp: a PNG's last bytes hold
+    the checksum of all its pixels. A change that keeps the size, the time stamp and both ends of a
+    file (an edit in the middle of a file that is not a PNG) goes unseen; delete `.cache` after one.
+    """
     digest = hashlib.sha256(f"cache v{CACHE_VERSION}\n".encode())
-    for f in sorted(files, key=lambda f: f.path):
-        digest.update(f"{f.path.relative_to(root).as_posix()}\0{f.size}\0{f.mtime_ns}\n".encode())
+    ordered = sorted(files, key=lambda f: f.path)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        ends = pool.map(_ends, ordered)
+        for f, sample in zip(ordered, ends):
+            digest.update(f"{f.path.relative_to(root).as_posix()}\0{f.size}\0{f.mtime_ns}\0".encode())
+            digest.update(sample)
     return digest.hexdigest()
+
+
+def _ends(f: _File) -> bytes:
+    """The first and last SAMPLE_BYTES of a file (all of a small one); a DataError names it if it cannot be read."""
+    try:
+        with open(f.path, "rb") as file:
+            head = file.read(SAMPLE_BYTES)
+            file.seek(max(f.size - SAMPLE_BYTES, len(head)))
+            return head + file.read(SAMPLE_BYTES)
+    except OSError as err:
+        raise DataError(f"cannot read {f.path}: {err.strerror}") from None
 
 
 def _cached(path: Path, fingerprint: str, decode: Callable[[], dict]) -> dict:
@@ -264,6 +287,7 @@ def _save_atomically(stored: dict, path: Path) -> None:
 
 def _decode(paths: list[Path], frame_H: int, frame_W: int, split: str) -> torch.Tensor:
     """Every PNG of `paths` as RGB, resized to frame_H x frame_W."""
+    _check_fits_in_memory(len(paths), frame_H, frame_W, split)
     frames = torch.empty((len(paths), 3, frame_H, frame_W), dtype=torch.uint8)  # (N, 3, H, W) uint8
     read = partial(_read_png, frame_H=frame_H, frame_W=frame_W)
     pool = ThreadPoolExecutor(DECODE_THREADS)
@@ -276,10 +300,42 @@ def _decode(paths: list[Path], frame_H: int, frame_W: int, split: str) -> torch.
     return frames
 
 
+def _check_fits_in_memory(frames: int, frame_H: int, frame_W: int, split: str) -> None:
+    """A DataError, before allocating, when the decoded frames would not fit in the memory available."""
+    needed = frames * 3 * frame_H * frame_W  # bytes of (N, 3, H, W) uint8
+    available = _available_memory()
+    if needed > available:
+        raise DataError(f"{frames} {split} frames of {frame_H}x{frame_W} need {needed / 2**30:,.1f} GiB, more than "
+                        f"the {available / 2**30:,.1f} GiB of memory available; pass a smaller --frame_H/--frame_W")
+
+
+def _available_memory() -> int:
+    """Bytes of memory a new allocation can get: MemAvailable on Linux, else all physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _read_png(path: Path, frame_H: int, frame_W: int) -> np.ndarray:
-    """One PNG as an (H, W, 3) uint8 array; an unreadable file is a DataError naming it."""
+    """One PNG as an (H, W, 3) uint8 array; an unreadable file, or one of no colour or gray mode, is a DataError naming it.
+
+    PIL's convert("RGB") clips a 16-bit gray value to 255, so those frames are cut to their high byte
+    first, as PIL does with 16-bit colour PNGs. Palette, gray, gray+alpha and RGBA convert as they are
+    (alpha dropped).
+    """
     try:
         with Image.open(path) as image:
+            if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+                image = Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8))  # (H, W) gray
+            elif image.mode in ("I", "F"):
+                kind = "floats" if image.mode == "F" else "32-bit integers"
+                raise DataError(f"cannot read {path}: its pixels are {kind} (PIL mode {image.mode}); "
+                                f"save the frames as 8-bit RGB PNGs")
             image = image.convert("RGB")
             if image.size != (frame_W, frame_H):
                 # BILINEAR shrinks with a widened kernel in PIL, so downscaling is anti-aliased (torchvision's Resize).

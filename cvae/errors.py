@@ -19,3 +19,7 @@ class CheckpointError(CVAEError):
 
 class TrainingDiverged(CVAEError):
     """The training loss became NaN or infinite."""
+
+
+class OutputError(CVAEError):
+    """An output folder cannot be written, or holds another run."""

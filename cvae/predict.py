@@ -16,9 +16,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cvae import checkpoint
-from cvae.config import TrainConfig
+from cvae.config import MAX_SEED, TrainConfig
 from cvae.data import TestSequence, load_frames, load_test_sequences
-from cvae.errors import CVAEError, DataError
+from cvae.errors import ConfigError, CVAEError, DataError
+from cvae.folders import writable_folder
 from cvae.metrics import CopyBaselines, copy_baselines, psnr, save_psnr_csv
 from cvae.model import VideoCVAE
 from cvae.train import build_model, resolve_device, sample_rollouts, to_unit
@@ -64,12 +65,13 @@ def predict(ckpt: str | Path, out: str | Path, root: str | Path | None = None, s
         raise ValueError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
     if samples < 1:
         raise ValueError(f"samples={samples}: must be >= 1")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed {seed}: must be between 0 and 2**63-1 ({MAX_SEED})")
     started = time.perf_counter()
     model, cfg = load_model(ckpt, device)
     seed = cfg.seed if seed is None else seed
     sequences = load_sequences(Path(cfg.DR if root is None else root), split, cfg)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(Path(out), "--out")
     results = []
     with SubmissionWriter(out / SUBMISSION_CSV, pixels=3 * cfg.frame_H * cfg.frame_W) as submission:
         for name, sequence in tqdm(sequences.items(), desc=f"predicting {split}", unit="sequence",
@@ -102,11 +104,10 @@ def load_model(path: str | Path, device: str | None = None) -> tuple[VideoCVAE, 
     cfg = checkpoint.config_of(state, path)
     if device is not None:
         cfg = cfg.replace(device=device)
-    target = resolve_device(cfg)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        source = "--device" if device is not None else f"the config of checkpoint {path}"
-        raise CVAEError(f"device {cfg.device!r} (from {source}) needs CUDA, which is not available here; "
-                        f"pass --device cpu")
+    try:
+        target = resolve_device(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (from {'--device' if device is not None else f'checkpoint {path}'})") from None
     # the model as the trainer built it (memory format, compiled modules): each rounds its own way,
     # and the validation PSNR must match the trainer's
     model = build_model(cfg, target)

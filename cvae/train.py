@@ -18,7 +18,8 @@ from cvae import checkpoint
 from cvae.augment import augment_clips
 from cvae.config import TrainConfig
 from cvae.data import VideoData
-from cvae.errors import TrainingDiverged
+from cvae.errors import ConfigError, TrainingDiverged
+from cvae.folders import writable_folder
 from cvae.metrics import psnr
 from cvae.model import VideoCVAE
 from cvae.schedules import kl_beta, make_lr_scheduler, make_optimizer, teacher_forcing_ratio
@@ -72,9 +73,16 @@ class History:
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
+    """cfg.device as a torch.device; a ConfigError when it names a GPU this machine does not have."""
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device!r}: needs CUDA, which is not available here; pass --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={cfg.device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def sample_rollouts(model: VideoCVAE, first_frame: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
@@ -246,7 +254,7 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
         resume_from: str | Path | None = None, progress: bool = True) -> History:
     """Train `cfg` on `data`; call every callback after each epoch; checkpoint into cfg.save_root."""
     callbacks = list(callbacks)
-    ckpt_dir = Path(cfg.save_root) / "checkpoints"
+    ckpt_dir = writable_folder(Path(cfg.save_root) / checkpoint.CHECKPOINT_DIR, "the checkpoint folder")
     training = setup(cfg)
     device, model, optimizer, scheduler = training.device, training.model, training.optimizer, training.scheduler
     data_rng, noise_rng = training.data_rng, training.noise_rng
@@ -255,15 +263,15 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
     start_epoch = 0
     if resume_from is not None:
         state = checkpoint.load(resume_from, map_location=device)
-        checkpoint.load_weights(model, state, resume_from)
+        checkpoint.load_weights(model, state, resume_from, resumed_as=cfg)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         data_rng.set_state(state["data_rng"])
         noise_rng.set_state(state["noise_rng"].to(noise_rng.get_state().device))
         history.epochs = [EpochReport.from_state(report) for report in state["history"]]
         start_epoch = state["epoch"]
-        if (ckpt_dir / "best.ckpt").is_file():
-            history.best_checkpoint = ckpt_dir / "best.ckpt"
+        if (ckpt_dir / checkpoint.BEST_FILE).is_file():
+            history.best_checkpoint = ckpt_dir / checkpoint.BEST_FILE
         log.info("resumed from %s at epoch %d", resume_from, start_epoch)
 
     train_images = data.train_images.to(device)  # (n_clips, T, 3, H, W) uint8, read once
@@ -309,12 +317,13 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
         save_epoch = (epoch + 1) % cfg.per_save == 0 or last_epoch
         if improved or save_epoch:  # built once when both files are written
             state = _state(cfg, epoch + 1, model, optimizer, scheduler, data_rng, noise_rng, history)
-        if improved:
-            best_psnr = report.val_psnr
-            history.best_checkpoint = ckpt_dir / "best.ckpt"
-            checkpoint.save_atomic(state, history.best_checkpoint)
-        if save_epoch:
-            history.last_checkpoint = checkpoint.save_epoch(state, ckpt_dir, epoch + 1)
+            with checkpoint.rescued_on_failure(state, ckpt_dir, epoch + 1):
+                if improved:
+                    best_psnr = report.val_psnr
+                    history.best_checkpoint = ckpt_dir / checkpoint.BEST_FILE
+                    checkpoint.save_atomic(state, history.best_checkpoint)
+                if save_epoch:
+                    history.last_checkpoint = checkpoint.save_epoch(state, ckpt_dir, epoch + 1)
         if stop:
             history.stopped_early = epoch + 1 < cfg.num_epoch
             break

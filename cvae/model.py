@@ -24,7 +24,8 @@ from cvae.graphs import captured
 MODELS: dict[str, ModuleType] = {"light": light_model, "lab": lab_model}
 LOGIT_EPS = 1e-3  # keeps logit(prev_frame) finite for black and white pixels
 MASK_OFFSET = -4.0  # added to the mask's logit: an untrained model's mask is 0.018, so it nearly copies
-OUTPUT_CHANNELS = {"residual": 3, "sigmoid": 3, "mask": 4}  # what the Generator draws for each frame_output
+# what the Generator draws for each frame_output: colour (3), then the mask's logit (1), then a flow (2: x, y)
+OUTPUT_CHANNELS = {"residual": 3, "sigmoid": 3, "mask": 4, "warp": 6}
 MAX_NORM_GROUPS = 8  # norm: group normalises groups of channels, at most this many groups per layer
 
 
@@ -59,10 +60,12 @@ class VideoCVAE(nn.Module):
         if self.frame_output == "residual":
             # as SVG's skip from the last frame: a change in logit space on top of the previous frame
             return torch.sigmoid(torch.logit(prev_frame, eps=LOGIT_EPS) + raw)
-        if self.frame_output == "mask":
-            # where the mask is shut the previous frame passes exactly; elsewhere a newly drawn colour
-            mask = torch.sigmoid(raw[:, 3:] + MASK_OFFSET)  # (B, 1, H, W)
-            return prev_frame + mask * (torch.sigmoid(raw[:, :3]) - prev_frame)  # dtypes promote under autocast
+        if self.frame_output in ("mask", "warp"):
+            # where the mask is shut the previous frame (under warp: moved by the flow) passes exactly;
+            # elsewhere a newly drawn colour
+            base = warp(prev_frame, raw[:, 4:6]) if self.frame_output == "warp" else prev_frame  # (B, 3, H, W)
+            mask = torch.sigmoid(raw[:, 3:4] + MASK_OFFSET)  # (B, 1, H, W)
+            return base + mask * (torch.sigmoid(raw[:, :3]) - base)  # dtypes promote under autocast
         return torch.sigmoid(raw)  # the lab's: the Generator draws the whole frame
 
     def sample_prior(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -144,6 +147,21 @@ class VideoCVAE(nn.Module):
     def pose_features(self, poses: torch.Tensor, chunk: int) -> torch.Tensor:
         """(N, 3, H, W) pose maps -> (N, L, H, W), `chunk` at a time: they do not depend on the rollout."""
         return torch.cat([self.label_transformation(part) for part in poses.split(chunk)])
+
+
+def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward warp: frame (B, 3, H, W), flow (B, 2, H, W) in pixels (x, y) -> (B, 3, H, W) float32,
+    output pixel p read bilinearly at p + flow(p), the border repeated outside the frame.
+
+    A warp moves whatever colours the previous frame has, so it does not have to know a dancer's look.
+    """
+    height, width = frame.shape[-2:]
+    ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, device=frame.device)  # pixel centres
+    xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, device=frame.device)
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) as grid_sample reads (x, y)
+    per_pixel = torch.tensor([2 / width, 2 / height], device=frame.device)  # pixels -> normalised units
+    grid = base + flow.float().permute(0, 2, 3, 1) * per_pixel  # (B, H, W, 2)
+    return F.grid_sample(frame.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def start_posterior_at_prior(posterior: nn.Module) -> None:

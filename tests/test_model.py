@@ -4,7 +4,7 @@ import torch
 from cvae.config import TrainConfig
 from cvae.config import FRAME_OUTPUTS, MODEL_NAMES
 from cvae.light_model import Decoder_Fusion, Gaussian_Predictor, Generator, Label_Encoder, RGB_Encoder
-from cvae.model import MODELS, VideoCVAE, parameter_count
+from cvae.model import MODELS, VideoCVAE, parameter_count, warp
 
 
 def test_module_shapes_at_frame_resolution():
@@ -79,6 +79,16 @@ def test_untrained_light_model_with_residual_output_copies_the_previous_frame():
     prev_frame = torch.rand(2, 3, 8, 16) * 0.9 + 0.05
     step = model.step(prev_frame, torch.rand(2, 8, 8, 16), torch.randn(2, 2, 8, 16))
     assert torch.allclose(step, prev_frame, atol=1e-5)
+
+
+def test_warp_moves_a_frame_by_whole_pixels_and_a_zero_flow_copies_it():
+    frame = torch.rand(2, 3, 8, 16)
+    assert torch.equal(warp(frame, torch.zeros(2, 2, 8, 16)), frame)
+    flow = torch.zeros(2, 2, 8, 16)
+    flow[:, 0], flow[:, 1] = 2.0, -1.0  # each output pixel reads 2 to the right and 1 up
+    moved = warp(frame, flow)
+    assert torch.allclose(moved[:, :, 1:, :-2], frame[:, :, :-1, 2:], atol=1e-6)
+    assert torch.allclose(moved[:, :, 0, :-2], frame[:, :, 0, 2:], atol=1e-6)  # above the frame: its border
 
 
 def test_a_cuda_graph_rollout_of_cpu_tensors_is_refused():

@@ -1,8 +1,8 @@
 """A sweep's report: its runs read from MLflow, every figure and table made, all written to one folder.
 
 The folder gets the figures (`1_psnr_per_frame.png`, ...), `summary.csv` and `summary.md`, and
-`report.md` and `index.html`, which show the same figures, the spec, the table and which
-configurations differ from the best by more than the seed-to-seed spread.
+`report.md` and `index.html`, which show the same figures, the spec, the table and how each
+configuration differs from the best (`analysis.comparisons`).
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
-from analysis import figures, stats, tables
+from analysis import comparisons, figures, stats, tables
 from analysis.document import Document, FigureEntry, Section, html_page, markdown, markdown_table
 from analysis.errors import ReportError
 from analysis.labels import COPY_FIRST, COPY_PREVIOUS
+from analysis.power import POWER
 from analysis.runs import Sweep, load_study, load_sweep
 from experiments.spec import DEFAULT_TRACKING_URI
 from experiments.tracking import ONE_STEP_METRIC
@@ -76,7 +77,7 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
         raise ReportError(f"--out: {folder} is a file; give a folder for the report")
     folder.mkdir(parents=True, exist_ok=True)
     table = tables.summary_table(data.trials, data.frames, data.metric, data.direction)
-    comparisons = stats.compare_to_best(data.trials, table, table.attrs["objective"])
+    compared = comparisons.compare_to_best(data.trials, table, table.attrs["objective"])
     made, notes = make_figures(data, table)
     summary = tables.with_baselines(table, data.trials, data.baseline_frames)
     if not tables.is_baseline(summary).any():
@@ -91,7 +92,7 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
         entries.append(FigureEntry(paths[0].name, item.title, item.caption, tuple(p.name for p in paths[1:])))
     summary.to_csv(folder / "summary.csv", index=False, float_format="%.4f")
     (folder / "summary.md").write_text(markdown_table(tables.formatted(summary)) + "\n", encoding="utf-8")
-    document = build_document(data, summary, comparisons, tuple(entries), notes)
+    document = build_document(data, summary, compared, tuple(entries), notes)
     (folder / "report.md").write_text(markdown(document), encoding="utf-8")
     (folder / "index.html").write_text(html_page(document), encoding="utf-8")
     written += [folder / name for name in ("summary.csv", "summary.md", "report.md", "index.html")]
@@ -202,7 +203,7 @@ def why_no_history(study: optuna.Study) -> str:
 # ---------------------------------------------------------------- the document
 
 
-def build_document(data: Sweep, table: pd.DataFrame, comparisons: pd.DataFrame,
+def build_document(data: Sweep, table: pd.DataFrame, compared: pd.DataFrame,
                    entries: tuple[FigureEntry, ...], notes: list[str]) -> Document:
     counts = data.trials["status"].value_counts()
     trials = ", ".join(f"{counts[s]} {s.lower()}" for s in ("COMPLETE", "FAILED", "PRUNED", "RUNNING") if s in counts)
@@ -222,8 +223,8 @@ def build_document(data: Sweep, table: pd.DataFrame, comparisons: pd.DataFrame,
                    "finished trial's, start to end, data loading and checkpoints included. The same table is in "
                    "`summary.csv`.")
     before = [Section("Summary", (table_notes, *_baseline_text(table)), tables.formatted(table)),
-              Section("Differences from the best configuration", _comparison_text(table, comparisons),
-                      stats.formatted(comparisons, _unit(table)) if comparisons["p_value"].notna().any() else None)]
+              Section("Differences from the best configuration", _comparison_text(table, compared),
+                      comparisons.formatted(compared, _unit(table)) if compared["p_value"].notna().any() else None)]
     after = []
     problems = data.trials[data.trials["status"] != "COMPLETE"]
     if len(problems):
@@ -263,7 +264,7 @@ def _baseline_text(table: pd.DataFrame) -> tuple[str, ...]:
     return tuple(sentences)
 
 
-def _comparison_text(table: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[str, ...]:
+def _comparison_text(table: pd.DataFrame, compared: pd.DataFrame) -> tuple[str, ...]:
     objective, unit = table.attrs["objective"], _unit(table)
     best = table.iloc[0]
     name = tables.HEADERS.get(objective, objective).replace(" (dB)", "")
@@ -271,25 +272,40 @@ def _comparison_text(table: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[st
     first = (f"Best: {best['configuration']}, {name} {best[f'{objective}_mean']:.2f}"
              + (f" ± {best[f'{objective}_std']:.2f}" if seeds > 1 else "") + (f" {unit}" if unit else "")
              + f" ({seeds} seed{'s' if seeds > 1 else ''}).")
-    if comparisons.empty:
+    if compared.empty:
         return first, "No other configuration has a finished seed to compare with."
-    if comparisons["p_value"].isna().all():
+    if compared["p_value"].isna().all():
         return first, ("The seed-to-seed spread is unknown: no comparison has two or more finished seeds on both "
                        "sides, so no difference can be told from seed noise. Give the sweep more seeds "
                        "(e.g. `seeds: [1, 2, 3]`) and run it again: finished trials are kept.")
-    larger = comparisons[comparisons["verdict"] == stats.LARGER]
-    within = comparisons[comparisons["verdict"] == stats.WITHIN]
-    lines = [first]
+    pairs, level = compared.attrs["pairs"], compared.attrs["level"]
+    real = compared[compared["verdict"] == comparisons.REAL]
+    unsure = compared[compared["verdict"] == comparisons.NOT_TOLD]
 
     def listed(rows: pd.DataFrame) -> str:
-        return "; ".join(f"{row.configuration} ({row.difference:+.2f} {unit})" for row in rows.itertuples())
+        return "; ".join(f"{row.configuration} ({row.difference:+.2f}{' ' + unit if unit else ''}, "
+                         f"Holm p {comparisons.p_text(row.p_holm)})" for row in rows.itertuples())
 
-    lines.append(f"Larger than the seed spread (Welch's t-test against the best, p < {stats.ALPHA}): "
-                 + (listed(larger) if len(larger) else "none") + ".")
-    if len(within):
-        lines.append("Within the seed spread, not told apart from the best: " + listed(within) + ".")
-    lines.append("With few seeds only large differences show; the p-values are not corrected for the "
-                 f"{len(comparisons)} comparisons.")
+    lines = [first,
+             "Each configuration is compared with the best on the seeds both ran: a seed gives both the same data "
+             "order, initialisation and noise, so the paired t-test of the per-seed differences cancels the seed's "
+             "luck. Where two configurations share fewer than 2 finished seeds, Welch's t-test of their means "
+             "stands in. The 95% t interval is that of the mean difference; the percentile bootstrap interval "
+             f"(from {stats.BOOTSTRAP_PAIRS} pairs) and the Wilcoxon signed-rank test (from {stats.WILCOXON_PAIRS} "
+             "pairs) check it without assuming the differences are normal. Hedges' g is the difference in "
+             "standard deviations of a configuration's seed-to-seed spread (d_av with Hedges' correction).",
+             f"p (Holm): the p-values are Holm-corrected over all {pairs} pair{'s' if pairs > 1 else ''} of "
+             "configurations that could be tested, since the best was picked from these same numbers.",
+             f"Real differences at {comparisons.ALPHA} after Holm's correction: "
+             + (listed(real) if len(real) else "none") + "."]
+    if len(unsure):
+        lines.append("Not told apart from the best (the difference may be seed noise): " + listed(unsure) + ".")
+    lines.append(f"Seeds needed: per configuration, for a {POWER:.0%} chance of finding the observed difference "
+                 f"at level {comparisons.ALPHA}/{pairs} = {level:.3g} (the strictest step of Holm's correction), "
+                 "if the observed difference and spread were the true ones; with few seeds both are rough guesses.")
+    lines += [comparisons.seeds_sentence(row.configuration, str(best["configuration"]), row.difference,
+                                         row.seeds_needed, unit)
+              for row in compared.itertuples() if not math.isnan(row.seeds_needed)]
     return tuple(lines)
 
 

@@ -1,68 +1,129 @@
-"""Which configurations differ from the best by more than the seed-to-seed spread: Welch's t-test per configuration.
+"""The tests of one comparison between two configurations' values over seeds, each vectorised over leading axes.
 
-Each configuration's finished seeds are compared with the best configuration's on the sweep's
-objective. Welch's test does not assume equal spreads; with two or three seeds a side it can only
-see large differences, and the p-values are not corrected for the number of comparisons.
+`paired` takes the two configurations' values on the seeds both ran, `welch` any two samples; the last
+axis is the seeds, any axes before it are separate comparisons (the calibration tests pass thousands of
+simulated sweeps at once, a report one comparison). Where a test has no answer (zero spread, too few
+seeds) scipy's NaN stands and the caller says why.
+
+Hedges' g is the difference in units of one configuration's seed-to-seed standard deviation, with
+Hedges' small-sample correction J(df) = 1 - 3 / (4 df - 1) (Hedges 1981):
+- paired: the mean per-seed difference over the average of the two SDs, sqrt((s_a^2 + s_b^2) / 2)
+  (d_av, Lakens 2013, Front. Psychol. 4:863), with df = 2 (n - 1), the degrees of freedom of the two SDs;
+- Welch: the difference of the means over the pooled SD, with df = n_a + n_b - 2.
+Both are the same number for the same values, so a paired g and a Welch g read alike; with n seeds a side
+and equal spreads both are the textbook between-groups g. The paired test itself, and `effect_size`, use
+the spread of the per-seed differences instead (d_z), which is what a paired test sees.
 """
 from __future__ import annotations
 
+import gc
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
-import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
-LARGER = "larger than the seed spread"
-WITHIN = "within the seed spread"
-TOO_FEW = "not testable: needs 2+ seeds on both sides"
-NO_SPREAD = "not testable: every seed gave the same value"
+BOOTSTRAP_PAIRS = 5  # fewer pairs have too few distinct resamples for a percentile interval
+WILCOXON_PAIRS = 6  # with 5 pairs the smallest two-sided p is 2/32 = 0.0625: it could never say p < 0.05
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0  # the same values give the same interval in every report
+BOOTSTRAP_BATCH = 200  # resamples held in memory at once, per comparison
 
 
-def compare_to_best(trials: pd.DataFrame, table: pd.DataFrame, column: str) -> pd.DataFrame:
-    """One row per other configuration with finished seeds: its difference in mean `column` from the best's.
+@dataclass(frozen=True)
+class Tests:
+    """A comparison's statistics; each field an array of the inputs' leading shape (a 0-d array for one).
 
-    `table` is `tables.summary_table` (best first). Columns: configuration, seeds, difference (this
-    minus best), ci_low and ci_high (95% Welch interval of the difference), p_value, verdict.
+    `difference` is values minus best (of the means, which for paired values is the mean per-seed
+    difference); `ci_low`, `ci_high` its 95% t interval; `p_value` two-sided; `effect_size` the absolute
+    difference in units of the spread the test sees (the SD of the per-seed differences, or the pooled SD).
     """
-    complete = trials[trials["status"] == "COMPLETE"]
-    samples = {str(config): values[column].dropna().to_numpy(float)
-               for config, values in complete.groupby("configuration", observed=True)}
-    ranked = [config for config in table["configuration"] if len(samples.get(config, ()))]
-    rows = []
-    for config in ranked[1:]:
-        rows.append({"configuration": config, "seeds": len(samples[config]),
-                     **welch(samples[config], samples[ranked[0]])})
-    columns = ["configuration", "seeds", "difference", "ci_low", "ci_high", "p_value", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+
+    difference: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p_value: np.ndarray
+    hedges_g: np.ndarray
+    effect_size: np.ndarray
 
 
-def welch(values: np.ndarray, best: np.ndarray) -> dict[str, float | str]:
-    """difference of means, its 95% Welch interval, the two-sided p-value and a verdict at ALPHA."""
-    difference = float(values.mean() - best.mean())
-    nan = float("nan")
-    if min(len(values), len(best)) < 2:
-        return dict(difference=difference, ci_low=nan, ci_high=nan, p_value=nan, verdict=TOO_FEW)
-    if values.std() == 0 and best.std() == 0:
-        return dict(difference=difference, ci_low=nan, ci_high=nan, p_value=nan, verdict=NO_SPREAD)
-    with warnings.catch_warnings():  # near-identical seeds: scipy warns of precision loss, the result stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_ind(values, best, equal_var=False)
+def paired(values: np.ndarray, best: np.ndarray) -> Tests:
+    """The paired t-test of `values - best`, seed by seed along the last axis (2+ seeds)."""
+    differences = values - best  # (..., seeds)
+    with _quiet():
+        result = stats.ttest_rel(values, best, axis=-1)
         interval = result.confidence_interval(CONFIDENCE)
-    p_value = float(result.pvalue)
-    return dict(difference=difference, ci_low=float(interval.low), ci_high=float(interval.high), p_value=p_value,
-                verdict=LARGER if p_value < ALPHA else WITHIN)
+    mean = differences.mean(axis=-1)
+    seeds = differences.shape[-1]
+    average_sd = np.sqrt((values.var(axis=-1, ddof=1) + best.var(axis=-1, ddof=1)) / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return Tests(difference=mean, ci_low=np.asarray(interval.low), ci_high=np.asarray(interval.high),
+                     p_value=np.asarray(result.pvalue), hedges_g=_correction(2 * (seeds - 1)) * mean / average_sd,
+                     effect_size=np.abs(mean) / differences.std(axis=-1, ddof=1))
 
 
-def formatted(comparisons: pd.DataFrame, unit: str = "dB") -> pd.DataFrame:
-    """The comparisons as a report shows them: signed differences, intervals and p-values as strings."""
-    return pd.DataFrame({
-        "configuration": comparisons["configuration"],
-        "seeds": comparisons["seeds"].astype(int),
-        f"difference from best ({unit})": [f"{value:+.2f}" for value in comparisons["difference"]],
-        "95% interval": ["-" if np.isnan(low) else f"[{low:+.2f}, {high:+.2f}]"
-                         for low, high in zip(comparisons["ci_low"], comparisons["ci_high"])],
-        "p (Welch)": ["-" if np.isnan(p) else f"{p:.3f}" for p in comparisons["p_value"]],
-        "verdict": comparisons["verdict"],
-    })
+def welch(values: np.ndarray, best: np.ndarray) -> Tests:
+    """Welch's t-test of the two means along the last axis (2+ seeds a side), for values not matched by seed."""
+    with _quiet():
+        result = stats.ttest_ind(values, best, axis=-1, equal_var=False)
+        interval = result.confidence_interval(CONFIDENCE)
+    difference = values.mean(axis=-1) - best.mean(axis=-1)
+    df = values.shape[-1] + best.shape[-1] - 2
+    pooled_sd = np.sqrt(((values.shape[-1] - 1) * values.var(axis=-1, ddof=1)
+                         + (best.shape[-1] - 1) * best.var(axis=-1, ddof=1)) / df)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return Tests(difference=difference, ci_low=np.asarray(interval.low), ci_high=np.asarray(interval.high),
+                     p_value=np.asarray(result.pvalue), hedges_g=_correction(df) * difference / pooled_sd,
+                     effect_size=np.abs(difference) / pooled_sd)
+
+
+def bootstrap_interval(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% percentile bootstrap interval of the mean per-seed difference (last axis, BOOTSTRAP_PAIRS+ pairs)."""
+    with _quiet():
+        result = stats.bootstrap((differences,), np.mean, axis=-1, method="percentile",
+                                 confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
+                                 batch=BOOTSTRAP_BATCH, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return np.asarray(result.confidence_interval.low), np.asarray(result.confidence_interval.high)
+
+
+def wilcoxon_p(differences: np.ndarray) -> np.ndarray:
+    """The two-sided Wilcoxon signed-rank p-value of the per-seed differences (last axis, WILCOXON_PAIRS+ pairs).
+
+    Exact for small samples without ties or zeros (scipy's choice); it assumes no normal distribution.
+    """
+    with _quiet():
+        return np.asarray(stats.wilcoxon(differences, axis=-1).pvalue)
+
+
+def holm(p_values: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """Holm-adjusted p-values, one family per row of the last axis (statsmodels' multipletests)."""
+    p_values = np.asarray(p_values, dtype=float)
+    if p_values.shape[-1] == 0:
+        return p_values
+    # multipletests' Holm runs gc.collect() on every call, 80 ms over a heap of scipy and pandas; frozen, the
+    # heap is not scanned, and the calibration's thousands of families take a second rather than minutes
+    gc.freeze()
+    try:
+        return np.apply_along_axis(lambda family: multipletests(family, alpha=alpha, method="holm")[1], -1,
+                                   p_values)
+    finally:
+        gc.unfreeze()
+
+
+def _correction(df: int) -> float:
+    """Hedges' J: the factor that removes most of the small-sample bias of a standardised difference."""
+    return 1 - 3 / (4 * df - 1)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Near-identical seeds make scipy warn of precision loss and zero spreads of division by zero; the NaN or
+    the value stands, and the caller names the case."""
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield

@@ -1,6 +1,7 @@
 """analysis/: real small sweeps, logged by run_sweep.py to temporary MLflow databases, read into DataFrames."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -15,11 +16,13 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from mlflow import MlflowClient
+from scipy import stats as scipy_stats
 
-from analysis import figures, stats, tables
+from analysis import comparisons, figures, stats, tables
 from analysis.document import markdown_table
 from analysis.errors import ReportError
 from analysis.labels import configuration_label, kl_setting, number, swept_keys, tfr_setting
+from analysis.power import seeds_needed
 from analysis.runs import connect, load_study, load_sweep, sweep_names
 from cvae.config import TrainConfig
 from cvae.data import load_video_data
@@ -307,7 +310,7 @@ def test_settings_and_numbers():
                                                                           "Adam"]
 
 
-# ---------------------------------------------------------------- tables.py and stats.py
+# ---------------------------------------------------------------- tables.py, stats.py, power.py, comparisons.py
 
 
 def test_summary_table_ranks_configurations_and_counts_failures_apart(ablation):
@@ -368,26 +371,109 @@ def test_runs_logged_before_the_baselines_make_the_table_as_before(old):
     assert table["gain_over_copy_first"].isna().all()
 
 
-def test_welch_comparison_against_the_best():
-    trials = pd.DataFrame({"configuration": ["best"] * 3 + ["far"] * 3 + ["near"] * 3 + ["single"],
-                           "status": "COMPLETE",
-                           "value": [20.0, 20.2, 20.1, 18.0, 18.1, 17.9, 20.3, 19.6, 20.0, 15.0]})
-    table = pd.DataFrame({"configuration": ["best", "near", "far", "single"]})
-    compared = stats.compare_to_best(trials, table, "value").set_index("configuration")
-    assert compared.index.tolist() == ["near", "far", "single"]
-    assert compared.loc["far", "difference"] == pytest.approx(-2.1)
-    assert compared.loc["far", "verdict"] == stats.LARGER and compared.loc["far", "p_value"] < 0.001
-    assert compared.loc["far", "ci_low"] < -2.1 < compared.loc["far", "ci_high"] < 0
-    assert compared.loc["near", "verdict"] == stats.WITHIN and compared.loc["near", "ci_low"] < 0 < compared.loc[
-        "near", "ci_high"]
-    assert compared.loc["single", "verdict"] == stats.TOO_FEW and np.isnan(compared.loc["single", "p_value"])
+# Five configurations of known values. close: best minus 0.5, 0.7, 0.6, 0.4, 0.8, 0.6 on seeds 1-6 (mean -0.6,
+# SD of the differences sqrt(0.02)); tied: best on every seed; far: three other seeds; single: one seed.
+BEST = [20.0, 21.0, 22.0, 23.0, 24.0, 25.0]
+CLOSE = [19.5, 20.3, 21.4, 22.6, 23.2, 24.4]
+FAR = {11: 21.0, 12: 23.0, 13: 22.0}
 
 
-def test_the_sweep_s_configurations_are_compared_with_two_seeds_each(ablation):
+def known_comparisons() -> pd.DataFrame:
+    rows = [(config, seed, value) for config, values in (("best", BEST), ("close", CLOSE), ("tied", BEST))
+            for seed, value in enumerate(values, start=1)]
+    rows += [("far", seed, value) for seed, value in FAR.items()] + [("single", 1, 15.0)]
+    trials = pd.DataFrame(rows, columns=["configuration", "seed", "value"]).assign(status="COMPLETE")
+    trials["configuration"] = pd.Categorical(trials["configuration"])
+    table = pd.DataFrame({"configuration": ["best", "tied", "far", "close", "single"]})
+    return comparisons.compare_to_best(trials, table, "value").set_index("configuration")
+
+
+def test_configurations_sharing_seeds_are_compared_seed_by_seed():
+    compared = known_comparisons()
+    close = compared.loc["close"]
+    assert (close["test"], close["seeds"], close["best_seeds"]) == ("paired t", 6, 6)
+    assert close["differences"] == pytest.approx((-0.5, -0.7, -0.6, -0.4, -0.8, -0.6))
+    assert close["difference"] == pytest.approx(-0.6)
+    half_width = scipy_stats.t.ppf(0.975, 5) * np.sqrt(0.02 / 6)  # t(5) times the standard error of the mean
+    assert (close["ci_low"], close["ci_high"]) == pytest.approx((-0.6 - half_width, -0.6 + half_width))
+    assert close["p_value"] == pytest.approx(scipy_stats.ttest_rel(CLOSE, BEST).pvalue)
+    assert -0.8 <= close["bootstrap_low"] < -0.6 < close["bootstrap_high"] <= -0.4
+    assert close["p_wilcoxon"] == pytest.approx(2 / 64)  # all six differences negative: the exact two-sided p
+    average_sd = np.sqrt((np.var(CLOSE, ddof=1) + np.var(BEST, ddof=1)) / 2)
+    assert close["hedges_g"] == pytest.approx((1 - 3 / (4 * 10 - 1)) * -0.6 / average_sd)  # J at df = 2 (6 - 1)
+    assert close["effect_size"] == pytest.approx(0.6 / np.sqrt(0.02))
+    assert close["verdict"] == comparisons.REAL
+
+
+def test_configurations_without_shared_seeds_fall_back_to_welch():
+    far = known_comparisons().loc["far"]
+    assert (far["test"], far["seeds"], far["best_seeds"], far["differences"]) == ("Welch t", 3, 6, ())
+    welch = scipy_stats.ttest_ind(list(FAR.values()), BEST, equal_var=False)
+    assert far["difference"] == pytest.approx(-0.5) and far["p_value"] == pytest.approx(welch.pvalue)
+    assert far["ci_low"] < -0.5 < far["ci_high"]
+    pooled_sd = np.sqrt((2 * np.var(list(FAR.values()), ddof=1) + 5 * np.var(BEST, ddof=1)) / 7)
+    assert far["hedges_g"] == pytest.approx((1 - 3 / (4 * 7 - 1)) * -0.5 / pooled_sd)
+    assert np.isnan(far["bootstrap_low"]) and np.isnan(far["p_wilcoxon"]) and far["verdict"] == comparisons.NOT_TOLD
+
+
+def test_holm_corrects_over_every_pair_of_configurations_that_can_be_tested():
+    compared = known_comparisons()
+    # best-close, best-far, close-far, close-tied and far-tied; best-tied has no spread, single too few seeds
+    assert compared.attrs == {"pairs": 5, "level": 0.01}
+    # close against best and against tied are the two smallest p-values, equal: Holm multiplies both by 5
+    assert compared.loc["close", "p_holm"] == pytest.approx(5 * compared.loc["close", "p_value"])
+    assert compared.loc["far", "p_holm"] == 1.0
+    assert stats.holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm(np.array([[0.01, 0.04], [0.5, 0.01]])) == pytest.approx(np.array([[0.02, 0.04], [0.5, 0.02]]))
+
+
+def test_comparisons_that_cannot_be_tested_say_why():
+    compared = known_comparisons()
+    assert compared.loc["tied", "verdict"] == comparisons.SAME_DIFFERENCE
+    assert compared.loc["single", "verdict"] == comparisons.TOO_FEW
+    for config in ("tied", "single"):
+        assert np.isnan(compared.loc[config, ["p_value", "p_holm", "seeds_needed"]].astype(float)).all()
+    assert compared.loc["single", "difference"] == pytest.approx(-7.5)
+
+
+def test_seeds_needed_are_the_textbook_sample_sizes():
+    assert seeds_needed(1.0, paired=True, alpha=0.05) == 10  # a paired t-test needs 9.94 pairs for d_z = 1
+    assert seeds_needed(1.0, paired=False, alpha=0.05) == 17  # and two groups of 16.7 for d = 1
+    assert seeds_needed(0.5, paired=False, alpha=0.05) == 64  # Cohen's 64 per group for a medium effect
+    assert seeds_needed(1.0, paired=True, alpha=0.01) > 10
+    assert seeds_needed(0.0, paired=True, alpha=0.05) == math.inf and math.isnan(seeds_needed(math.nan, True, 0.05))
+    assert seeds_needed(math.inf, paired=True, alpha=0.05) == 2
+    sizes = [seeds_needed(effect, paired=True, alpha=0.05 / 45) for effect in np.geomspace(0.05, 200, 60)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 3  # no gaps from scipy's NaNs at large effects
+    assert known_comparisons().loc["close", "seeds_needed"] == seeds_needed(0.6 / np.sqrt(0.02), True, 0.01)
+
+
+def test_comparisons_as_the_report_shows_them():
+    shown = comparisons.formatted(known_comparisons().reset_index()).set_index("configuration")
+    assert shown.columns.tolist() == ["test", "seeds", "per-seed difference (dB)", "difference from best (dB)",
+                                      "95% t interval", "95% bootstrap interval", "p", "p (Holm)", "p (Wilcoxon)",
+                                      "Hedges' g", "seeds needed", "verdict"]
+    assert shown.loc["close"].tolist()[:6] == ["paired t", "6", "-0.50, -0.70, -0.60, -0.40, -0.80, -0.60", "-0.60",
+                                               "[-0.75, -0.45]", "[-0.70, -0.50]"]
+    assert shown.loc["close", "p (Wilcoxon)"] == "0.031" and shown.loc["close", "p (Holm)"] == "< 0.001"
+    assert shown.loc["far", ["seeds", "per-seed difference (dB)", "95% bootstrap interval", "p (Holm)"]].tolist() == [
+        "3 vs 6", "-", "-", "1.000"]
+    assert shown.loc["single", ["test", "p", "Hedges' g", "seeds needed"]].tolist() == ["-", "-", "-", "-"]
+    assert comparisons.seeds_sentence("Monotonic", "None", -0.64, 9, "dB") == (
+        "Monotonic vs None: -0.64 dB, about 9 seeds would tell them apart.")
+    assert comparisons.seeds_sentence("a", "b", -0.01, math.inf, "") == (
+        "a vs b: -0.01; not even 1000 seeds would tell them apart.")
+
+
+def test_the_sweep_s_configurations_are_compared_on_their_two_shared_seeds(ablation):
     table = tables.summary_table(ablation.trials, ablation.frames)
-    compared = stats.compare_to_best(ablation.trials, table, "final_val_psnr")
+    compared = comparisons.compare_to_best(ablation.trials, table, "final_val_psnr")
     assert compared["configuration"].tolist() == [table.loc[1, "configuration"]]  # the failed one has no seed
-    assert compared.loc[0, "seeds"] == 2 and compared.loc[0, "verdict"] in (stats.LARGER, stats.WITHIN, stats.NO_SPREAD)
+    row = compared.iloc[0]
+    assert (row["test"], row["seeds"], len(row["differences"])) == ("paired t", 2, 2)
+    assert row["verdict"] in (comparisons.REAL, comparisons.NOT_TOLD) and compared.attrs["pairs"] == 1
+    assert row["p_holm"] == row["p_value"]  # one pair: nothing to correct
+    assert np.isnan(row["bootstrap_low"]) and np.isnan(row["p_wilcoxon"])  # too few pairs for either
 
 
 # ---------------------------------------------------------------- figures.py

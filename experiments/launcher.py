@@ -13,7 +13,8 @@ launch fails and reruns what it left RUNNING.
 
 Several launchers may share a study on a database server (`--storage postgresql://...`): each stops
 only its own trials (their `launch` user attr), and the trials of one that was killed with its workers
-are failed and queued again once their heartbeat is stale (`experiments.study`).
+are failed and queued again once their heartbeat is stale (`experiments.study`). A journal or SQLite
+file is held by one launcher, and a second one stops with a line naming it (`experiments.launch_files`).
 """
 from __future__ import annotations
 

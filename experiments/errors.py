@@ -5,6 +5,7 @@ Scripts print them as one line and exit 2.
 from __future__ import annotations
 
 import reprlib
+from pathlib import Path
 from typing import Any
 
 _short = reprlib.Repr()
@@ -31,3 +32,11 @@ def one_line(err: Any) -> str:
 def show(value: Any) -> str:
     """A value as it appears in a message: its repr, shortened."""
     return _short.repr(value)
+
+
+def os_reason(err: OSError) -> str:
+    """What an OSError says of its file, e.g. 'Permission denied: runs/x', or 'runs is a file, not a folder'."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:  # mkdir met a file
+        in_the_way = next(path for path in (Path(err.filename), *Path(err.filename).parents) if path.exists())
+        return f"{in_the_way} is a file, not a folder"
+    return f"{err.strerror}: {err.filename}" if err.filename else one_line(err.strerror or err)

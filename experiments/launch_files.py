@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from experiments.errors import SpecError, SweepError, show
+from experiments.errors import SpecError, SweepError, os_reason, show
 from experiments.spec import URL
 
 LOCK_SUFFIX = ".launcher.lock"
@@ -75,7 +75,7 @@ def _lock(lock: Path, storage: Path, source: str) -> int:
             lock.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            raise SpecError(f"{source}: storage: cannot create {storage} ({_why(err)})") from None
+            raise SpecError(f"{source}: storage: cannot create {storage} ({os_reason(err)})") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -85,7 +85,7 @@ def _lock(lock: Path, storage: Path, source: str) -> int:
                              "for it to finish or stop it (to share a sweep, use a database server)") from None
         except OSError as err:
             os.close(descriptor)
-            raise SweepError(f"cannot lock {lock} ({_why(err)}); put the storage on a local file system") from None
+            raise SweepError(f"cannot lock {lock} ({os_reason(err)}); put the storage on a local file system") from None
         # The holder before us may have removed the file between our open and our lock: then we hold a
         # lock on a file nobody else can find, and must lock the one at the path now.
         with contextlib.suppress(FileNotFoundError):
@@ -156,9 +156,3 @@ def check_tracking_kept(tracking_uri: str, logged: int, storage: str) -> None:
                          "restore it or point --tracking-uri at it (the launch changed nothing), or give the sweep "
                          "a new name to start over")
 
-
-def _why(err: OSError) -> str:
-    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:  # a file where a folder must be
-        in_the_way = next(path for path in (Path(err.filename), *Path(err.filename).parents) if path.exists())
-        return f"{in_the_way} is a file, not a folder"
-    return f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror or err)

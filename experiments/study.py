@@ -41,7 +41,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from cvae.config import LEGACY_VALUES, TrainConfig
-from experiments.errors import SpecError, SweepError, one_line, show
+from experiments.errors import SpecError, SweepError, one_line, os_reason, show
 from experiments.launch_files import storage_file
 from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group_label, trial_plan
 
@@ -89,7 +89,7 @@ def make_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:
         if not URL.match(spec.storage):
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     except OSError as err:
-        raise SpecError(f"{spec.source}: storage: cannot create {path} ({one_line(err)})") from None
+        raise SpecError(f"{spec.source}: storage: cannot create {path} ({os_reason(err)})") from None
     except (ValueError, KeyError, TypeError) as err:  # whole JSON lines that are no records Optuna can replay
         raise SweepError(f"{path}: Optuna cannot replay this journal ({type(err).__name__}: {one_line(err)}); "
                          "restore the file") from None

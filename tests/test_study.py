@@ -14,6 +14,7 @@ from experiments.spec import group_key, load_spec, train_config, trial_plan
 from experiments.study import (
     Launch,
     fail_running,
+    find_study,
     holder,
     make_sampler,
     make_storage,
@@ -74,6 +75,25 @@ def test_make_storage_rdb_has_a_heartbeat(tmp_path):
     assert storage.heartbeat_interval == 60 and storage.grace_period == 120
     assert isinstance(storage.get_heartbeat_stale_trial_callback(), optuna.storages.RetryHeartbeatStaleTrialCallback)
     assert (tmp_path / "db" / "optuna.db").is_file()
+
+
+def test_an_existing_study_opens_without_a_write_to_its_journal(tmp_path):
+    spec = load_spec(small_grid(tmp_path))
+    assert find_study(spec) is None
+    prepare_study(spec, open_study(spec))
+    journal = tmp_path / "optuna.journal"
+    written = journal.read_bytes()
+    assert len(find_study(spec).trials) == len(open_study(spec, worker=1).trials) == 6
+    assert journal.read_bytes() == written  # create_study(load_if_exists=True) would append a record each time
+
+
+def test_a_storage_that_cannot_be_made_is_one_spec_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    spec = load_spec(write(tmp_path, f"name: x\nstorage: {tmp_path / 'file' / 'optuna.journal'}\n"))
+    with pytest.raises(SpecError) as refused:
+        make_storage(spec)
+    assert str(refused.value) == (f"{tmp_path / 'x.yaml'}: storage: cannot create {tmp_path / 'file/optuna.journal'} "
+                                  f"({tmp_path / 'file'} is a file, not a folder)")
 
 
 def test_open_study_refuses_a_changed_direction(tmp_path):

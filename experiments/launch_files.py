@@ -155,4 +155,3 @@ def check_tracking_kept(tracking_uri: str, logged: int, storage: str) -> None:
         raise SweepError(f"mlflow.tracking_uri: {path} is gone, but the study in {storage} logged {trials} to it; "
                          "restore it or point --tracking-uri at it (the launch changed nothing), or give the sweep "
                          "a new name to start over")
-

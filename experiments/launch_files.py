@@ -75,7 +75,8 @@ def _lock(lock: Path, storage: Path, source: str) -> int:
             lock.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            raise SpecError(f"{source}: storage: cannot create {storage} ({os_reason(err)})") from None
+            raise SpecError(f"{source}: storage: cannot create {lock if storage.exists() else storage} "
+                            f"({os_reason(err)})") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

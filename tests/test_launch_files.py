@@ -99,6 +99,37 @@ def test_a_storage_that_cannot_be_created_is_one_spec_error(tmp_path):
 RECORD = b'{"op_code":0,"worker_id":"w","study_name":"x","directions":[1]}\n'
 
 
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder with a journal in it, read-only even for root (a read-only bind mount; chmod does not stop root)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "optuna.journal").write_bytes(RECORD)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (no CAP_SYS_ADMIN) to make a folder read-only for root")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_storage_in_a_read_only_folder_is_one_spec_error_naming_what_cannot_be_made(read_only_folder):
+    journal, lock, new = (read_only_folder / name for name in ("optuna.journal", "optuna.journal.launcher.lock", "new"))
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    for storage, named, culprit in [(journal, lock, lock), (new / "optuna.journal", new / "optuna.journal", new)]:
+        with pytest.raises(SpecError) as refused:
+            with hold_storage(str(storage), "x.yaml"):
+                pass
+        assert str(refused.value) == f"x.yaml: storage: cannot create {named} ({reason}: {culprit})"
+    assert journal.read_bytes() == RECORD
+
+
 @pytest.mark.parametrize("content, message", [
     (RECORD + b"garbage\n" + RECORD, "line 2 is not an Optuna journal record ('garbage')"),
     (RECORD + b"\n", "line 2 is not an Optuna journal record ('')"),

@@ -305,8 +305,9 @@ def _check_fits_in_memory(frames: int, frame_H: int, frame_W: int, split: str) -
     needed = frames * 3 * frame_H * frame_W  # bytes of (N, 3, H, W) uint8
     available = _available_memory()
     if needed > available:
-        raise DataError(f"{frames} {split} frames of {frame_H}x{frame_W} need {needed / 2**30:,.1f} GiB, more than "
-                        f"the {available / 2**30:,.1f} GiB of memory available; pass a smaller --frame_H/--frame_W")
+        raise DataError(f"the {split} split's {frames} images and pose maps at {frame_H}x{frame_W} need "
+                        f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of memory available; "
+                        f"pass a smaller --frame_H/--frame_W")
 
 
 def _available_memory() -> int:

@@ -294,3 +294,55 @@ def test_a_test_sequence_with_images_but_no_labels(small_dataset_copy: Path) -> 
     with raises(f"test sequence seq7 has images in {test / 'test_img/seq7'} but no labels in "
                 f"{test / 'test_label/seq7'}"):
         load_test_sequences(small_dataset_copy, 32, 64)
+
+
+def test_a_frame_replaced_by_one_of_the_same_size_and_time_stamp_is_decoded_again(small_dataset_copy: Path) -> None:
+    label = small_dataset_copy / "train/train_label/frame3.png"
+    Image.new("RGB", (128, 64), (10, 20, 30)).save(label, compress_level=0)  # uncompressed: the size is the shape's
+    assert load_frames(small_dataset_copy, "train", 64, 128).labels[3, :, 0, 0].tolist() == [10, 20, 30]
+    stamp = label.stat()
+    Image.new("RGB", (128, 64), (200, 100, 50)).save(label, compress_level=0)
+    os.utime(label, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert (label.stat().st_size, label.stat().st_mtime_ns) == (stamp.st_size, stamp.st_mtime_ns)
+
+    frames = load_frames(small_dataset_copy, "train", 64, 128)
+    assert frames.labels[3].reshape(3, -1).unique(dim=1).tolist() == [[200], [100], [50]]
+
+
+def test_16_bit_gray_pngs_decode_to_their_high_byte(small_dataset_copy: Path) -> None:
+    png = small_dataset_copy / "val/val_img/frame5.png"
+    gray = (np.arange(64 * 128, dtype=np.uint32).reshape(64, 128) * 8).astype(np.uint16)  # 0 ... 65528
+    Image.fromarray(gray).save(png)
+    assert Image.open(png).mode == "I;16"  # PIL's convert("RGB") would clip all but the darkest to white
+    frames = load_frames(small_dataset_copy, "val", 64, 128)
+    assert torch.equal(frames.images[5], torch.from_numpy(np.stack([gray >> 8] * 3).astype(np.uint8)))
+
+
+def test_palette_and_gray_with_alpha_pngs_decode_to_their_colours(small_dataset_copy: Path) -> None:
+    img_dir = small_dataset_copy / "val/val_img"
+    indices = (np.arange(64 * 128).reshape(64, 128) % 16).astype(np.uint8)
+    palette = np.array([(10 * i, 255 - 10 * i, 7) for i in range(16)], dtype=np.uint8)  # (16, 3)
+    paletted = Image.fromarray(indices, mode="P")
+    paletted.putpalette(palette.reshape(-1).tolist())
+    paletted.save(img_dir / "frame6.png")
+    gray_alpha = np.stack([np.full((64, 128), 100, np.uint8), np.full((64, 128), 50, np.uint8)], axis=-1)
+    Image.fromarray(gray_alpha, mode="LA").save(img_dir / "frame7.png")
+    assert [Image.open(img_dir / f"frame{n}.png").mode for n in (6, 7)] == ["P", "LA"]
+
+    frames = load_frames(small_dataset_copy, "val", 64, 128)
+    assert torch.equal(frames.images[6], torch.from_numpy(palette[indices]).permute(2, 0, 1))
+    assert torch.all(frames.images[7] == 100)  # the gray value; the alpha is dropped
+
+
+def test_a_frame_of_float_pixels_is_refused_by_name(small_dataset_copy: Path) -> None:
+    png = small_dataset_copy / "val/val_img/frame5.png"
+    Image.fromarray(np.full((64, 128), 0.5, np.float32)).save(png, format="TIFF")  # PIL reads a file by its content
+    with raises(f"cannot read {png}: its pixels are floats (PIL mode F); save the frames as 8-bit RGB PNGs"):
+        load_frames(small_dataset_copy, "val", 64, 128)
+
+
+def test_frames_too_large_for_memory_are_refused_before_decoding(small_dataset: Path) -> None:
+    with pytest.raises(DataError, match=r"^the val split's 80 images and pose maps at 1000000x1000000 need "
+                                        r"[\d,.]+ GiB, more than the [\d,.]+ GiB of memory available; "
+                                        r"pass a smaller --frame_H/--frame_W$"):
+        load_frames(small_dataset, "val", 10**6, 10**6)

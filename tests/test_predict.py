@@ -1,3 +1,5 @@
+import math
+import re
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from cvae.metrics import save_psnr_csv
 from cvae.predict import predict
 from cvae.train import fit
 from cvae.video import PANEL_GAP
+from test_run_folder import one_line_error, read_only
 
 TINY = dict(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16, train_vi_len=4, val_vi_len=8, batch_size=4,
             num_epoch=1, seed=5, device="cpu")
@@ -113,3 +116,44 @@ def test_predict_on_val_prints_the_copy_baselines(trained, small_dataset, tmp_pa
     last = done.stdout.splitlines()[-1]
     assert last.startswith(f"copying the first frame forward gives {expected.first_mean:.2f} dB")
     assert f"copying the previous true frame {expected.previous_mean:.2f} dB" in last
+
+
+def test_a_checkpoint_of_non_finite_weights_is_refused_before_anything_is_written(trained, small_dataset, tmp_path):
+    ckpt, _ = trained
+    state = checkpoint.load(ckpt)
+    name = "frame_transformation.0.body.0.weight"
+    state["model"][name] = torch.full_like(state["model"][name], math.nan)
+    broken = tmp_path / "nan.ckpt"
+    torch.save(state, broken)
+    done = run_predict("--ckpt", broken, "--DR", small_dataset, "--out", tmp_path / "out")
+    assert one_line_error(done) == (f"error: checkpoint {broken} holds non-finite weights: 1 tensors, first {name} with "
+                              f"{state['model'][name].numel()} NaN and 0 infinite values; the file is damaged, or "
+                              f"was saved after training diverged")
+    assert not (tmp_path / "out").exists()  # no all-zero submission.csv
+
+
+def test_an_out_that_is_a_file_is_one_line_and_left_alone(trained, small_dataset, tmp_path):
+    ckpt, _ = trained
+    taken = tmp_path / "taken"
+    taken.write_text("someone's notes\n")
+    done = run_predict("--ckpt", ckpt, "--DR", small_dataset, "--out", taken)
+    assert one_line_error(done) == f"error: --out {taken} is a file; give a folder"
+    assert taken.read_text() == "someone's notes\n"
+
+
+def test_a_read_only_out_is_one_line(trained, small_dataset, tmp_path):
+    ckpt, _ = trained
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        done = run_predict("--ckpt", ckpt, "--DR", small_dataset, "--out", locked / "predictions")
+    assert re.fullmatch(rf"error: cannot write into --out {locked / 'predictions'} \((Read-only file system|"
+                        r"Permission denied)\); give a folder you can write to", one_line_error(done))
+    assert not any(locked.iterdir())
+
+
+def test_a_seed_beyond_63_bits_is_one_line(trained, small_dataset, tmp_path):
+    ckpt, _ = trained
+    done = run_predict("--ckpt", ckpt, "--DR", small_dataset, "--out", tmp_path / "out", "--seed", 2**64)
+    assert one_line_error(done) == "error: --seed 18446744073709551616: must be between 0 and 2**63-1 (9223372036854775807)"
+    assert not (tmp_path / "out").exists()

@@ -7,8 +7,9 @@ call: on SQLite, fewer and shorter write transactions are what keeps several wor
 on the database lock; MLflow waits up to 20 s for it, and a write that still finds it locked is retried.
 
 With an SQLite tracking URI the artifacts go to `mlartifacts/<experiment>` beside the database file,
-so `mlflow ui` started next to `mlflow.db` finds runs and artifacts alike. A sweep's experiment is tagged
-as model training, which `mlflow ui` then opens on its runs rather than on its GenAI overview.
+so `mlflow ui` started next to `mlflow.db` finds runs and artifacts alike. A sweep's experiment carries
+MLflow's experiment kind for model training; MLflow 3.17's UI still opens it as its sidebar's GenAI /
+Model training switch says, so the README's link to the runs names that workflow.
 
 Every run says where it came from (`experiments.provenance`): MLflow's own source and git tags fill the
 UI's Source and Version columns, ours the run page's tag list (which hides `mlflow.` tags), and the data
@@ -65,8 +66,8 @@ VERSION_TAG = "version.{}"  # version.python, version.torch, version.cuda, versi
 HOST_NAME = "host.name"
 HOST_DEVICE = "host.device"  # a trial's device: the GPU's model (NVIDIA H200) or the CPU's; absent on the parent
 DATA_CONTEXT = "training"  # the data set's mlflow.data.context: it holds the training clips and validation video
-EXPERIMENT_KIND = "mlflow.experimentKind"  # what `mlflow ui` opens an experiment on
-TRAINING_KIND = "custom_model_development"  # the UI's "Machine learning": the runs table
+EXPERIMENT_KIND = "mlflow.experimentKind"  # an experiment's kind, as MLflow's UI records it when a user picks one
+TRAINING_KIND = "custom_model_development"  # the UI's "Machine learning" kind, not GenAI
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_TAG_CHARS = 5000
 MAX_RUN_NAME_CHARS = 250

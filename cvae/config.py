@@ -42,7 +42,7 @@ class TrainConfig:
     frame_W: int = 64
     # model
     model: str = "light"  # which five modules (cvae.model.MODELS): light, or lab, the lab starter's
-    frame_output: str = "mask"  # mask, warp, residual or sigmoid: how the Generator makes a frame (README, "The model")
+    frame_output: str = "warp"  # warp, mask, residual or sigmoid: how the Generator makes a frame (README, "The model")
     norm: str = "group"  # batch: the modules' BatchNorm2d; group: a GroupNorm in place of each
     F_dim: int = 128
     L_dim: int = 32

@@ -1,8 +1,9 @@
 """A sweep's report: its runs read from MLflow, every figure and table made, all written to one folder.
 
-The folder gets the figures (`1_psnr_per_frame.png`, ...), `summary.csv` and `summary.md`, and
-`report.md` and `index.html`, which show the same figures, the spec, the table and how each
-configuration differs from the best (`analysis.comparisons`).
+The folder gets the figures (`1_psnr_per_frame.png`, ...), `summary.csv` and `summary.md`,
+`comparisons.csv` (each configuration against the best, `analysis.comparisons`), and `report.md` and
+`index.html`, which show the same figures, the spec, both tables, the sweep's device time and the
+trials that ran from uncommitted code.
 """
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
-from analysis import comparisons, figures, stats, tables
+from analysis import comparisons, figures, provenance, stats, tables
 from analysis.document import Document, FigureEntry, Section, html_page, markdown, markdown_table
 from analysis.errors import ReportError
 from analysis.labels import COPY_FIRST, COPY_PREVIOUS
 from analysis.power import POWER
-from analysis.runs import Sweep, load_study, load_sweep
+from analysis.runs import Sweep, load_study, load_sweep, missing_runs
 from experiments.spec import DEFAULT_TRACKING_URI
 from experiments.tracking import ONE_STEP_METRIC
 
@@ -30,6 +31,7 @@ FORMATS = ("png", "pdf", "svg")
 REPORTS_DIR = Path("reports")
 MAX_CONFIGURATIONS = 10  # a sampled sweep's per-configuration figures show its best ones only
 PSNR_OBJECTIVES = ("final_val_psnr", "best_val_psnr")
+DOCUMENTS = ("summary.csv", "summary.md", "comparisons.csv", "report.md", "index.html")
 FIGURE_STEMS = ("1_psnr_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr",
                 "7_param_importances", "7_optimization_history")
 
@@ -75,14 +77,28 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
     folder = Path(out) if out is not None else REPORTS_DIR / data.name
     if folder.exists() and not folder.is_dir():
         raise ReportError(f"--out: {folder} is a file; give a folder for the report")
-    folder.mkdir(parents=True, exist_ok=True)
     table = tables.summary_table(data.trials, data.frames, data.metric, data.direction)
     compared = comparisons.compare_to_best(data.trials, table, table.attrs["objective"])
-    made, notes = make_figures(data, table)
+    study, why = load_study(data)
+    made, notes = make_figures(data, table, study, why)
+    notes += lost_runs(data, study)
     summary = tables.with_baselines(table, data.trials, data.baseline_frames)
     if not tables.is_baseline(summary).any():
         notes.append("no copy baselines in the table or figures 1 and 5: the finished trials' runs were logged "
                      "without them (before trials logged baselines)")
+    try:
+        written = _write(folder, data, made, summary, compared, notes, formats)
+    except OSError as err:  # a read-only or full disk, a folder we may not write into
+        raise ReportError(f"--out: cannot write the report into {folder} ({err.strerror or err}); "
+                          "give a folder you can write to") from None
+    return Report(data.name, folder, folder / "report.md", folder / "index.html", tuple(written), tuple(notes),
+                  time.perf_counter() - started)
+
+
+def _write(folder: Path, data: Sweep, made: list[_Made], summary: pd.DataFrame, compared: pd.DataFrame,
+           notes: list[str], formats: Sequence[str]) -> list[Path]:
+    """Every file of the report into `folder`; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
     _remove_old_figures(folder)
     written: list[Path] = []
     entries = []
@@ -92,12 +108,12 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
         entries.append(FigureEntry(paths[0].name, item.title, item.caption, tuple(p.name for p in paths[1:])))
     summary.to_csv(folder / "summary.csv", index=False, float_format="%.4f")
     (folder / "summary.md").write_text(markdown_table(tables.formatted(summary)) + "\n", encoding="utf-8")
+    per_seed = compared["differences"].map(lambda values: " ".join(f"{value:.6g}" for value in values))
+    compared.assign(differences=per_seed).to_csv(folder / "comparisons.csv", index=False, float_format="%.6g")
     document = build_document(data, summary, compared, tuple(entries), notes)
     (folder / "report.md").write_text(markdown(document), encoding="utf-8")
     (folder / "index.html").write_text(html_page(document), encoding="utf-8")
-    written += [folder / name for name in ("summary.csv", "summary.md", "report.md", "index.html")]
-    return Report(data.name, folder, folder / "report.md", folder / "index.html", tuple(written), tuple(notes),
-                  time.perf_counter() - started)
+    return written + [folder / name for name in DOCUMENTS]
 
 
 def _remove_old_figures(folder: Path) -> None:
@@ -108,8 +124,10 @@ def _remove_old_figures(folder: Path) -> None:
             (folder / f"{stem}.{fmt}").unlink(missing_ok=True)
 
 
-def make_figures(data: Sweep, table: pd.DataFrame) -> tuple[list[_Made], list[str]]:
-    """Figures 1-5 from the COMPLETE trials, and Optuna's two for a sampled sweep; notes say what was left out."""
+def make_figures(data: Sweep, table: pd.DataFrame, study: optuna.Study | None,
+                 why: str) -> tuple[list[_Made], list[str]]:
+    """Figures 1-5 from the COMPLETE trials, and Optuna's two for a sampled sweep from its `study` (None: `why`);
+    notes say what was left out."""
     notes: list[str] = []
     colours = figures.palette(data.configurations)
     finished = [config for config, seeds in zip(table["configuration"], table["seeds"]) if seeds > 0]
@@ -151,7 +169,6 @@ def make_figures(data: Sweep, table: pd.DataFrame) -> tuple[list[_Made], list[st
     ]
     if data.sampler == "grid":
         return made, notes
-    study, why = load_study(data)
     if study is None:
         notes.append(f"no Optuna figures: {why}")
         return made, notes
@@ -171,6 +188,18 @@ def make_figures(data: Sweep, table: pd.DataFrame) -> tuple[list[_Made], list[st
         except (ValueError, RuntimeError) as err:  # Optuna's refusals for too few or degenerate trials
             notes.append(f"no {title.lower()} figure: Optuna says {' '.join(str(err).split())}")
     return made, notes
+
+
+def lost_runs(data: Sweep, study: optuna.Study | None) -> list[str]:
+    """A note when the study finished trials whose runs this MLflow database does not hold (it was deleted or
+    replaced between launches); none when the study cannot be read."""
+    missing = [] if study is None else missing_runs(data, study)
+    if not missing:
+        return []
+    numbers = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+    return [f"the Optuna study has {len(missing)} finished trial(s) whose runs are not in MLflow at "
+            f"{data.tracking_uri} (trials {numbers}), so they are in no table or figure: was the database deleted "
+            "or replaced since they ran?"]
 
 
 def _levels_caption(copy_first: float, copy_previous: float, one_step: bool) -> str:
@@ -212,6 +241,7 @@ def build_document(data: Sweep, table: pd.DataFrame, compared: pd.DataFrame,
              ("seeds", ", ".join(str(s) for s in sorted(data.trials["seed"].unique()))),
              ("sampler", f"{data.sampler}, pruner {data.tags.get('sweep.pruner', 'none')}"),
              ("objective", f"{data.metric} ({data.direction})"),
+             ("device time", provenance.device_time(data.trials)), ("code", provenance.code(data.trials)),
              ("MLflow", f"{data.tracking_uri}, experiment {data.experiment_id}, parent run {data.parent_run_id}")]
     if data.earlier_sweeps:
         facts.append(("note", f"the experiment also holds {data.earlier_sweeps} earlier sweep(s) of this name; "
@@ -220,8 +250,9 @@ def build_document(data: Sweep, table: pd.DataFrame, compared: pd.DataFrame,
     table_notes = (f"Mean ± std over the finished seeds of each configuration, best first by {data.metric}. "
                    f"Failed and pruned trials are counted, never averaged in. PSNR frames: the first and the last "
                    f"{window} predicted frames of the validation video after the last epoch. Wall time: a "
-                   "finished trial's, start to end, data loading and checkpoints included. The same table is in "
-                   "`summary.csv`.")
+                   "finished trial's, start to end, data loading and checkpoints included. Device-hours: the time "
+                   "all of a configuration's ended trials held their GPU or CPU, failed and pruned ones included "
+                   "(n/a for runs logged before trials recorded it). The same table is in `summary.csv`.")
     before = [Section("Summary", (table_notes, *_baseline_text(table)), tables.formatted(table)),
               Section("Differences from the best configuration", _comparison_text(table, compared),
                       comparisons.formatted(compared, _unit(table)) if compared["p_value"].notna().any() else None)]
@@ -232,6 +263,11 @@ def build_document(data: Sweep, table: pd.DataFrame, compared: pd.DataFrame,
         after.append(Section("Trials that did not finish", (
             "Not in any mean above. A failed grid trial runs again when the same `python run_sweep.py` "
             "command is repeated.",), listed.replace({"error": {"": "-"}})))
+    dirty = provenance.uncommitted(data.trials)
+    if len(dirty):
+        after.append(Section("Runs from uncommitted code", (
+            "These trials ran with changes that were not committed (tag `git.dirty=true`): their commit alone "
+            "does not reproduce them.",), dirty))
     if notes:
         after.append(Section("Left out", tuple(note[0].upper() + note[1:] + "." for note in notes)))
     after.append(Section("Sweep spec", (f"As logged with the sweep (`{data.tags.get('sweep.spec', '?')}`).",),
@@ -295,7 +331,8 @@ def _comparison_text(table: pd.DataFrame, compared: pd.DataFrame) -> tuple[str, 
              "pairs) check it without assuming the differences are normal. Hedges' g is the difference in "
              "standard deviations of a configuration's seed-to-seed spread (d_av with Hedges' correction).",
              f"p (Holm): the p-values are Holm-corrected over all {pairs} pair{'s' if pairs > 1 else ''} of "
-             "configurations that could be tested, since the best was picked from these same numbers.",
+             "configurations that could be tested, since the best was picked from these same numbers. The same "
+             "table, unrounded, is in `comparisons.csv`.",
              f"Real differences at {comparisons.ALPHA} after Holm's correction: "
              + (listed(real) if len(real) else "none") + "."]
     if len(unsure):

@@ -16,22 +16,23 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from analysis.errors import ReportError
 from analysis.labels import configuration_label, kl_setting, swept_keys, tfr_setting
 from cvae.config import TrainConfig
 from cvae.errors import ConfigError
 from experiments.spec import DEFAULT_TRACKING_URI, URL
-from experiments.tracking import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC, EPOCH_METRICS,
-                                  ERROR, FRAME_METRIC, IS_PARENT, ONE_STEP_METRIC, RUN_METRICS, RUN_STATUS, STATUS)
+from experiments.tracking import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC,
+                                  DEVICE_SECONDS_METRIC, EPOCH_METRICS, ERROR, FRAME_METRIC, GIT_DIRTY, HOST_DEVICE,
+                                  IS_PARENT, ONE_STEP_METRIC, RUN_METRICS, RUN_STATUS, STATUS)
 
 SQLITE = "sqlite:///"
 SPEC_NOTE = re.compile(r"```yaml\n(.*)\n```", re.DOTALL)  # how experiments.tracking puts it in the description
@@ -109,6 +110,12 @@ def load_sweep(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = Non
     if not (trials["status"] == "COMPLETE").any():
         counts = trials["status"].value_counts().to_dict() if len(trials) else {}
         seen = ", ".join(f"{count} {status.lower()}" for status, count in counts.items()) or "no trial started"
+        study, _ = _open_study(found.name, parent.data.tags)
+        lost = _finished_numbers(study) if study is not None else set()
+        if lost:
+            raise ReportError(f"sweep {found.name!r} at {tracking_uri} has no finished trial ({seen}), but its Optuna "
+                              f"study has {len(lost)}: their runs are not in this MLflow database (was it deleted or "
+                              "replaced since they ran?); give --tracking-uri the database they logged to")
         raise ReportError(f"sweep {found.name!r} at {tracking_uri} has no finished trial yet ({seen}); "
                           f"finish it with python run_sweep.py {parent.data.tags.get('sweep.spec', 'SPEC')}")
     histories = {run.info.run_id: _histories(client, run.info.run_id) for run in children}
@@ -159,7 +166,8 @@ def sweep_names(client: MlflowClient) -> list[str]:
 
 
 def trials_frame(children: list[Run]) -> pd.DataFrame:
-    """One row per trial: identity (run id, trial number, group, configuration, seed), status, timing, params.
+    """One row per trial: identity (run id, trial number, group, configuration, seed), status, timing, cost
+    (device seconds and the device), the code (git commit, dirty flag) and params.
 
     `configuration` is categorical, its categories in the order of each configuration's first trial;
     `params.<field>` hold every TrainConfig field with its type (tuples as TrainConfig's '2,5').
@@ -216,6 +224,11 @@ def _trial_row(run: Run) -> dict[str, Any]:
         "gpu": tags.get("sweep.gpu", ""),
         "start": pd.Timestamp(run.info.start_time, unit="ms"),
         "wall_seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else float("nan"),
+        # the latest value is the total over the trial's attempts; NaN for runs logged before it was
+        "device_seconds": run.data.metrics.get(DEVICE_SECONDS_METRIC, float("nan")),
+        "device": tags.get(HOST_DEVICE, ""),
+        "git_commit": tags.get(MLFLOW_GIT_COMMIT, ""),
+        "git_dirty": tags.get(GIT_DIRTY, ""),  # "true", "false", "unknown" (no git), or "" before it was logged
         "kl_setting": kl_setting(params) if _complete(params) else "",
         "tfr_setting": tfr_setting(params) if _complete(params) else "",
     }
@@ -271,7 +284,16 @@ def _spec_text(parent: Run) -> str:
 
 def load_study(sweep: Sweep) -> tuple[optuna.Study | None, str]:
     """The sweep's Optuna study from the storage its parent run names, or None and why it cannot be read."""
-    storage_name = sweep.tags.get("sweep.storage", "")
+    return _open_study(sweep.name, sweep.tags)
+
+
+def missing_runs(sweep: Sweep, study: optuna.Study) -> list[int]:
+    """The numbers of the study's COMPLETE trials that have no run in the sweep's MLflow experiment."""
+    return sorted(_finished_numbers(study) - set(sweep.trials["trial"]))
+
+
+def _open_study(name: str, tags: Mapping[str, str]) -> tuple[optuna.Study | None, str]:
+    storage_name = tags.get("sweep.storage", "")
     if not storage_name:
         return None, "the parent run names no Optuna storage (tag sweep.storage)"
     try:
@@ -283,9 +305,13 @@ def load_study(sweep: Sweep) -> tuple[optuna.Study | None, str]:
             return None, f"its Optuna journal {storage_name} is gone"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.load_study(study_name=sweep.name, storage=storage), ""
+            return optuna.load_study(study_name=name, storage=storage), ""
     except Exception as err:  # noqa: BLE001 - KeyError for a missing study; SQLAlchemy errors for a bad URL
-        return None, f"cannot read study {sweep.name!r} from {storage_name} ({_one_line(err)})"
+        return None, f"cannot read study {name!r} from {storage_name} ({_one_line(err)})"
+
+
+def _finished_numbers(study: optuna.Study) -> set[int]:
+    return {trial.number for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
 
 
 # ---------------------------------------------------------------- small helpers

@@ -22,6 +22,7 @@ ONE_STEP = "final_val_psnr_1step"
 GAIN = "gain_over_copy_first"  # final val PSNR minus copy-first, mean over seeds
 COUNTED = ("FAILED", "PRUNED")
 COUNTS = ("seeds", *(status.lower() for status in (*COUNTED, "RUNNING")))
+DEVICE_HOURS = "device_hours"
 
 
 def objective_column(metric: str) -> str:
@@ -50,7 +51,8 @@ def summary_table(trials: pd.DataFrame, frames: pd.DataFrame, metric: str = "val
     Columns: configuration, seeds (finished), failed, pruned, [running,] `<value>_mean` and `<value>_std`
     for final and best val PSNR, the final one-step val PSNR, PSNR over the first and last `frame_window`
     frames [and the objective when it is not a PSNR], gain_over_copy_first (NaN for runs logged before
-    the baselines), epochs (mean over finished seeds), wall_seconds (mean of a finished trial), group.
+    the baselines), epochs (mean over finished seeds), wall_seconds (mean of a finished trial),
+    device_hours (`device_hours`), group.
     """
     window = frame_window(frames)
     objective = objective_column(metric)
@@ -69,15 +71,24 @@ def summary_table(trials: pd.DataFrame, frames: pd.DataFrame, metric: str = "val
     for status in counted:
         table[status.lower()] = counts[status] if status in counts else 0
     table["group"] = trials.groupby("configuration", observed=False)["group"].first()
+    table[DEVICE_HOURS] = device_hours(trials)
     order = ["seeds", *(status.lower() for status in counted),
              *(f"{value}_{stat}" for value in values for stat in ("mean", "std")), GAIN, "epochs", "wall_seconds",
-             "group"]
+             DEVICE_HOURS, "group"]
     table = table[order].reset_index()
     table["configuration"] = table["configuration"].astype(str)
     table = table.sort_values(f"{objective}_mean", ascending=direction == "minimize", na_position="last",
                               kind="stable", ignore_index=True)
     table.attrs.update(frame_window=window, objective=objective)
     return table
+
+
+def device_hours(trials: pd.DataFrame) -> pd.Series:
+    """Per configuration, the device-hours its ended trials (finished, failed or pruned) took; NaN when one of
+    them was logged without its device seconds (before runs recorded them) or none has ended."""
+    ended = trials[trials["status"] != "RUNNING"].groupby("configuration", observed=False)["device_seconds"]
+    known = ended.count() == ended.size()
+    return (ended.sum() / 3600).where(known & (ended.size() > 0))
 
 
 def with_baselines(table: pd.DataFrame, trials: pd.DataFrame, baseline_frames: pd.DataFrame) -> pd.DataFrame:
@@ -146,6 +157,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
             shown[header] = cells(_mean_std, f"{value}_mean", f"{value}_std")
     shown["epochs"] = cells(_epochs, "epochs")
     shown["wall time / trial"] = cells(_duration, "wall_seconds")
+    shown["device-hours"] = cells(hours_text, DEVICE_HOURS)
     return shown
 
 
@@ -165,6 +177,13 @@ def _mean_std(mean: float, std: float) -> str:
 
 def _number(value: float, fmt: str) -> str:
     return "-" if math.isnan(value) else fmt.format(value)
+
+
+def hours_text(hours: float) -> str:
+    """`0.052`, `< 0.001`, or `n/a` where a trial's device time was not logged."""
+    if math.isnan(hours):
+        return "n/a"
+    return "< 0.001" if hours < 0.001 else f"{hours:.3f}"
 
 
 def _duration(seconds: float) -> str:

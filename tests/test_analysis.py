@@ -1,6 +1,7 @@
 """analysis/: real small sweeps, logged by run_sweep.py to temporary MLflow databases, read into DataFrames."""
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -16,9 +17,10 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from scipy import stats as scipy_stats
 
-from analysis import comparisons, figures, stats, tables
+from analysis import comparisons, figures, provenance, stats, tables
 from analysis.document import markdown_table
 from analysis.errors import ReportError
 from analysis.labels import configuration_label, kl_setting, number, swept_keys, tfr_setting
@@ -31,7 +33,7 @@ from cvae.train import EpochReport
 from experiments.launcher import configure
 from experiments.spec import group_key, load_spec, trial_plan
 from experiments.study import open_study
-from experiments.tracking import TrialRun, open_parent_run
+from experiments.tracking import GIT_DIRTY, HOST_DEVICE, STATUS, TrialRun, open_parent_run
 
 TINY = ("F_dim: 16, L_dim: 8, N_dim: 4, D_out_dim: 16, train_vi_len: 4, val_vi_len: 8, batch_size: 4, "
         "partial: 0.5, per_save: 1, device: cpu")
@@ -104,27 +106,52 @@ KNOWN_TRIALS = [(1e-3, 1, [20.5, 22.0], [28.0, 30.0]), (1e-3, 2, [21.0, 23.0], [
                 (1e-2, 1, [19.0, 19.5], [27.0, 27.5])]
 KNOWN_BASELINES = CopyBaselines(first=np.array([21.0, 20.0, 19.0]), previous=np.array([30.0, 29.0, 28.0]))
 AHEAD, BEHIND = "lr 1e-3", "lr 0.01"  # final val PSNR 22.5 and 19.5 against copy-first's 20
+# `seeded`: three configurations on six shared seeds, one epoch each. lr 1e-3 scores 20 + seed; lr 2e-3 0.5, 0.7,
+# 0.6, 0.4, 0.8 and 0.6 dB less, seed by seed; lr 3e-3 within 0.1 dB of lr 1e-3 either way. Trials 0 and 1 ran
+# from uncommitted code.
+SEEDED_OFFSETS = {1e-3: [0.0] * 6, 2e-3: [-0.5, -0.7, -0.6, -0.4, -0.8, -0.6], 3e-3: [0.05, -0.1, 0.08, -0.02, 0.03,
+                                                                                      -0.06]}
+SEEDED_BEST, SEEDED_BEHIND, SEEDED_LEVEL = "lr 1e-3", "lr 2e-3", "lr 3e-3"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+DEVICE = "NVIDIA H200"
+
+
+def log_trial(client: MlflowClient, parent, number: int, lr: float, seed: int, psnrs: list[float],
+              one_steps: list[float], baselines: CopyBaselines | None, tags: dict[str, str] | None = None,
+              old: bool = False) -> None:
+    """One finished trial's run with these values per epoch; `old` logs it as runs were before baselines,
+    one-step PSNR and device seconds."""
+    tags = {"optuna.trial_number": str(number), "sweep.group_key": f"lr{lr}", "sweep.group_label": f"lr={lr}",
+            "sweep.seed": str(seed), **(tags or {})}
+    run = TrialRun.start(client, parent, f"lr {lr} | seed {seed}", TrainConfig(lr=lr, seed=seed,
+                                                                              num_epoch=len(psnrs)), tags)
+    if baselines is not None:
+        run.log_baselines(baselines)
+    for epoch, (psnr, one_step) in enumerate(zip(psnrs, one_steps)):
+        run(EpochReport(epoch, 1.0, 1.0, 0.0, 1.0, 1.0, lr, psnr, np.full(3, psnr), 1.0,
+                        float("nan") if old else one_step))
+    run.log_final(np.full(3, psnrs[-1]), {})
+    if old:
+        client.set_tag(run.run_id, STATUS, "COMPLETE")
+        client.set_terminated(run.run_id, "FINISHED")
+    else:
+        run.end("COMPLETE")
 
 
 def log_known_sweeps(folder: Path) -> str:
-    """`known` (KNOWN_TRIALS with their baselines) and `old` (the same, logged as before the baselines and
-    the one-step PSNR were) in folder/known.db; returns its URI."""
+    """`known` (KNOWN_TRIALS with their baselines), `old` (the same, logged as before the baselines, the
+    one-step PSNR and device seconds were) and `seeded` (SEEDED_OFFSETS) in folder/known.db; returns its URI."""
     uri = f"sqlite:///{folder / 'known.db'}"
     client = MlflowClient(uri)
     for name, baselines in (("old", None), ("known", KNOWN_BASELINES)):
         parent = open_parent_run(uri, name, f"{name}-id", tags={})
         for number_, (lr, seed, psnrs, one_steps) in enumerate(KNOWN_TRIALS):
-            tags = {"optuna.trial_number": str(number_), "sweep.group_key": f"lr{lr}", "sweep.group_label": f"lr={lr}",
-                    "sweep.seed": str(seed)}
-            run = TrialRun.start(client, parent, f"lr {lr} | seed {seed}", TrainConfig(lr=lr, seed=seed, num_epoch=2),
-                                 tags)
-            if baselines is not None:
-                run.log_baselines(baselines)
-            for epoch, (psnr, one_step) in enumerate(zip(psnrs, one_steps)):
-                run(EpochReport(epoch, 1.0, 1.0, 0.0, 1.0, 1.0, lr, psnr, np.full(3, psnr), 1.0,
-                                one_step if baselines is not None else float("nan")))
-            run.log_final(np.full(3, psnrs[-1]), {})
-            run.end("COMPLETE")
+            log_trial(client, parent, number_, lr, seed, psnrs, one_steps, baselines, old=baselines is None)
+    parent = open_parent_run(uri, "seeded", "seeded-id", tags={})
+    for number_, (seed, (lr, offsets)) in enumerate(itertools.product(range(1, 7), SEEDED_OFFSETS.items())):
+        provenance = {GIT_DIRTY: "true" if number_ < 2 else "false", MLFLOW_GIT_COMMIT: COMMIT, HOST_DEVICE: DEVICE}
+        value = 20.0 + seed + offsets[seed - 1]
+        log_trial(client, parent, number_, lr, seed, [value], [value + 8], KNOWN_BASELINES, provenance)
     return uri
 
 
@@ -141,6 +168,11 @@ def known(known_uri):
 @pytest.fixture(scope="session")
 def old(known_uri):
     return load_sweep(known_uri, sweep="old")
+
+
+@pytest.fixture(scope="session")
+def seeded(known_uri):
+    return load_sweep(known_uri, sweep="seeded")
 
 
 @pytest.fixture(scope="session")
@@ -245,6 +277,17 @@ def test_runs_logged_before_the_baselines_read_as_missing_values(old):
     assert old.trials["final_val_psnr_1step"].isna().all() and old.baseline_frames.empty
     assert "val/psnr_1step" not in set(old.epochs["metric"])
     assert old.trials["final_val_psnr"].tolist() == [22.0, 23.0, 19.5]
+    assert old.trials["device_seconds"].isna().all() and (old.trials[["device", "git_dirty"]] == "").all(axis=None)
+
+
+def test_each_trial_has_its_device_time_device_and_code(seeded):
+    trials = seeded.trials
+    assert len(trials) == 18 and (trials["device_seconds"] > 0).all() and (trials["device_seconds"] < 60).all()
+    assert set(trials["device"]) == {DEVICE} and set(trials["git_commit"]) == {COMMIT}
+    assert trials["git_dirty"].tolist() == ["true", "true"] + ["false"] * 16
+    by_config = trials.groupby("configuration", observed=True)["seed"].apply(sorted).to_dict()
+    assert by_config == {SEEDED_BEST: [1, 2, 3, 4, 5, 6], SEEDED_BEHIND: [1, 2, 3, 4, 5, 6],
+                         SEEDED_LEVEL: [1, 2, 3, 4, 5, 6]}
 
 
 def test_without_a_name_the_latest_sweep_is_read(uri, ablation):
@@ -332,7 +375,8 @@ def test_summary_table_ranks_configurations_and_counts_failures_apart(ablation):
     shown = tables.formatted(table)
     assert shown.columns.tolist() == ["#", "configuration", "seeds", "failed", "pruned", "final val PSNR (dB)",
                                       "best val PSNR (dB)", "gain over copy-first (dB)", "one-step val PSNR (dB)",
-                                      "PSNR frames 1-3 (dB)", "PSNR last 3 frames (dB)", "epochs", "wall time / trial"]
+                                      "PSNR frames 1-3 (dB)", "PSNR last 3 frames (dB)", "epochs", "wall time / trial",
+                                      "device-hours"]
     assert shown.loc[0, "final val PSNR (dB)"] == f"{table.loc[0, 'final_val_psnr_mean']:.2f} ± " \
                                                   f"{table.loc[0, 'final_val_psnr_std']:.2f}"
     assert shown.loc[2, "final val PSNR (dB)"] == "-" and shown.loc[2, "failed"] == 2
@@ -355,11 +399,43 @@ def test_the_table_gains_over_copy_first_and_ends_with_the_baselines(known):
     assert shown["gain over copy-first (dB)"].tolist() == ["+2.50", "-0.50", "", ""]
     assert shown["one-step val PSNR (dB)"].tolist() == ["30.50 ± 0.71", "27.50", "", "29.00"]
     assert shown["PSNR frames 1-1 (dB)"].tolist() == ["22.50 ± 0.71", "19.50", "21.00", ""]
-    assert shown.loc["copy previous frame", ["seeds", "best val PSNR (dB)", "epochs", "wall time / trial"]].tolist() == [
-        "", "", "", ""]
+    assert shown.loc["copy previous frame", ["seeds", "best val PSNR (dB)", "epochs", "wall time / trial",
+                                             "device-hours"]].tolist() == ["", "", "", "", ""]
     markdown = markdown_table(tables.formatted(table))
-    assert "| copy first frame |  |  |  | 20.00 |  |  |  | 21.00 | 19.00 |  |  |" in markdown
+    assert "| copy first frame |  |  |  | 20.00 |  |  |  | 21.00 | 19.00 |  |  |  |" in markdown
     assert markdown.splitlines()[1].startswith("| ---: | --- | ---: |")  # ranks and counts stay numbers with blanks
+
+
+def test_the_table_gives_each_configuration_s_device_hours(seeded, old):
+    table = tables.summary_table(seeded.trials, seeded.frames).set_index("configuration")
+    spent = seeded.trials.groupby("configuration", observed=True)["device_seconds"].sum() / 3600
+    assert table["device_hours"].to_dict() == pytest.approx(spent.to_dict())
+    assert tables.formatted(table.reset_index())["device-hours"].tolist() == ["< 0.001"] * 3  # a second or so each
+    assert [tables.hours_text(hours) for hours in (0.0521, 12.0, math.nan)] == ["0.052", "12.000", "n/a"]
+    assert tables.summary_table(old.trials, old.frames)["device_hours"].isna().all()  # logged before device time
+    trials = seeded.trials.copy()
+    trials.loc[0, "device_seconds"] = math.nan  # one trial without it: its configuration's total is unknown
+    hours = tables.device_hours(trials)
+    assert math.isnan(hours[trials.loc[0, "configuration"]]) and hours.notna().sum() == 2
+
+
+def test_the_facts_give_the_sweep_s_device_time_and_the_trials_from_uncommitted_code(seeded, old):
+    hours = seeded.trials["device_seconds"].sum() / 3600
+    assert provenance.device_time(seeded.trials) == (f"{tables.hours_text(hours)} device-hours over 18 ended trials "
+                                                     f"({DEVICE} × 18)")
+    assert provenance.device_time(old.trials) == "n/a: the runs were logged before trials recorded their device time"
+    partly = seeded.trials.assign(device_seconds=lambda rows: rows["device_seconds"].where(rows["trial"] > 2))
+    assert provenance.device_time(partly).endswith("; 3 of 18 ended trials were logged before trials recorded their "
+                                                   "device time")
+    assert provenance.code(seeded.trials) == "git 0123456; 2 of 18 trials ran from uncommitted changes (listed below)"
+    assert provenance.code(old.trials) == "not recorded: the runs were logged before trials recorded their git commit"
+    clean = seeded.trials.assign(git_dirty="false")
+    assert provenance.code(clean) == "git 0123456, committed: no trial ran from uncommitted changes"
+    dirty = provenance.uncommitted(seeded.trials)
+    assert dirty.columns.tolist() == provenance.LISTED and dirty["trial"].tolist() == [0, 1]
+    assert dirty["commit"].tolist() == ["0123456"] * 2 and dirty["configuration"].tolist() == [SEEDED_BEST,
+                                                                                                SEEDED_BEHIND]
+    assert provenance.uncommitted(clean).empty
 
 
 def test_runs_logged_before_the_baselines_make_the_table_as_before(old):
@@ -367,7 +443,7 @@ def test_runs_logged_before_the_baselines_make_the_table_as_before(old):
     assert tables.with_baselines(table, old.trials, old.baseline_frames) is table  # no baseline row to add
     assert tables.formatted(table).columns.tolist() == [
         "#", "configuration", "seeds", "failed", "pruned", "final val PSNR (dB)", "best val PSNR (dB)",
-        "PSNR frames 1-1 (dB)", "PSNR last 1 frames (dB)", "epochs", "wall time / trial"]
+        "PSNR frames 1-1 (dB)", "PSNR last 1 frames (dB)", "epochs", "wall time / trial", "device-hours"]
     assert table["gain_over_copy_first"].isna().all()
 
 

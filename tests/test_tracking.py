@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import numpy as np
@@ -200,3 +201,27 @@ def test_a_data_set_is_an_input_of_the_trial_and_its_parent_once(uri):
     assert inputs(runs[0].run_id) == [("dance", "0123456789abcdef", training)]
     assert inputs(runs[1].run_id) == [("dance", "fedcba9876543210", training)]
     assert inputs(parent.run_id) == [("dance", "0123456789abcdef", training), ("dance", "fedcba9876543210", training)]
+
+
+def test_workers_that_log_a_new_data_set_at_once_all_get_it(uri):
+    parent = open_parent_run(uri, "r", "id", tags={})
+    client = MlflowClient(uri)
+    runs = [TrialRun.start(client, parent, f"r | seed {seed}", TrainConfig(), tags={}).run_id for seed in range(8)]
+    dance = Dataset(name="dance", digest="0123456789abcdef", source_type="local", source=json.dumps({"uri": "/d"}))
+    together, failed = threading.Barrier(len(runs)), []
+
+    def worker(run_id: str) -> None:
+        together.wait()  # all insert the new data set in the same moment: without a retry some lose the race
+        try:
+            log_dataset(MlflowClient(uri), (run_id, parent.run_id), dance)
+        except Exception as err:  # noqa: BLE001 - the test reports whatever escapes
+            failed.append(err)
+
+    threads = [threading.Thread(target=worker, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failed == []
+    assert all([found.dataset.digest for found in client.get_run(run_id).inputs.dataset_inputs] == [dance.digest]
+               for run_id in (*runs, parent.run_id))

@@ -337,7 +337,7 @@ def _comparison_text(table: pd.DataFrame, compared: pd.DataFrame) -> tuple[str, 
              + (listed(real) if len(real) else "none") + "."]
     if len(unsure):
         lines.append("Not told apart from the best (the difference may be seed noise): " + listed(unsure) + ".")
-    lines.append(f"Seeds needed: per configuration, for a {POWER:.0%} chance of finding the observed difference "
+    lines.append(f"Seeds needed: per configuration, for an {POWER:.0%} chance of finding the observed difference "
                  f"at level {comparisons.ALPHA}/{pairs} = {level:.3g} (the strictest step of Holm's correction), "
                  "if the observed difference and spread were the true ones; with few seeds both are rough guesses.")
     lines += [comparisons.seeds_sentence(row.configuration, str(best["configuration"]), row.difference,

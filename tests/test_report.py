@@ -2,21 +2,28 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import create_trial
 from PIL import Image
 
+from analysis.power import seeds_needed
 from analysis.report import why_no_history, why_no_importances
-from test_analysis import AHEAD, BEHIND, CYCLICAL, DIVERGING, MONOTONIC, log_known_sweeps, logged_sweeps
+from experiments.tracking import open_parent_run
+from test_analysis import (AHEAD, BEHIND, CYCLICAL, DEVICE, DIVERGING, MONOTONIC, SEEDED_BEHIND, SEEDED_BEST,
+                           SEEDED_LEVEL, log_known_sweeps, log_trial, logged_sweeps)
+from test_run_folder import read_only
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["1_psnr_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr"]
-DOCUMENTS = ["summary.csv", "summary.md", "report.md", "index.html"]
+DOCUMENTS = ["summary.csv", "summary.md", "comparisons.csv", "report.md", "index.html"]
 
 
 def load_script():
@@ -47,7 +54,7 @@ def test_a_grid_sweep_s_report_has_every_figure_the_table_and_both_documents(swe
                         "--out", str(out), "--format", "png,pdf"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1] == str(out / "report.md")
-    assert printed[-2].startswith(f"ablation: 14 files in {out} (")
+    assert printed[-2].startswith(f"ablation: 15 files in {out} (")
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
                                                            + DOCUMENTS)
     for figure in FIGURES:
@@ -65,11 +72,13 @@ def test_a_grid_sweep_s_report_has_every_figure_the_table_and_both_documents(swe
         assert f"]({figure}.png)" in report and f"[{figure}.pdf]({figure}.pdf)" in report
     assert report.count("| FAILED | TrainingDiverged: training loss became nan in epoch 1") == 2
     assert f"| 3 | {DIVERGING} | 0 | 2 | 0 | - |" in report
-    assert "Welch's t-test" in report or "not testable" in report
+    assert "| paired t | 2 |" in report and "seeds would tell them apart" in report  # two shared seeds
     assert "```yaml\nname: ablation\n" in report
     page = (out / "index.html").read_text()
     assert [f'<img src="{figure}.png"' in page for figure in FIGURES] == [True] * 5
-    assert page.count("<table>") == 3  # summary, comparison with the best, trials that did not finish
+    # summary, comparison with the best, trials that did not finish, and the trials from uncommitted code when
+    # the checkout the test ran from had changes
+    assert page.count("<table>") == 3 + ("<h2>Runs from uncommitted code</h2>" in page)
     assert "None (β = 1), lr 1e+30" in page
 
 
@@ -108,6 +117,90 @@ def test_runs_logged_before_the_baselines_still_make_a_report(known_uri, script,
     report = (out / "report.md").read_text()
     assert "copy first frame" not in report and "does not beat" not in report and "Dashed grey" not in report
     assert "gain over copy-first" not in (out / "summary.md").read_text()
+    assert "- **device time**: n/a: the runs were logged before trials recorded their device time" in report
+    assert "- **code**: not recorded" in report and "Runs from uncommitted code" not in report
+    assert pd.read_csv(out / "summary.csv")["device_hours"].isna().all()
+    assert [line.rsplit("|", 2)[-2].strip() for line in (out / "summary.md").read_text().splitlines()[2:]] == [
+        "n/a", "n/a"]
+
+
+def test_the_report_compares_configurations_seed_by_seed(known_uri, script, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert script.main(["--sweep", "seeded", "--tracking-uri", known_uri, "--out", str(out)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert ("| configuration | test | seeds | per-seed difference (dB) | difference from best (dB) | 95% t interval | "
+            "95% bootstrap interval | p | p (Holm) | p (Wilcoxon) | Hedges' g | seeds needed | verdict |") in report
+    behind = seeds_needed(0.6 / np.sqrt(0.02), paired=True, alpha=0.05 / 3)  # d_z of the six differences
+    assert (f"| {SEEDED_BEHIND} | paired t | 6 | -0.50, -0.70, -0.60, -0.40, -0.80, -0.60 | -0.60 | [-0.75, -0.45] | "
+            f"[-0.70, -0.50] | < 0.001 | < 0.001 | 0.031 | -0.30 | {behind:.0f} | real difference |") in report
+    assert f"| {SEEDED_LEVEL} | paired t | 6 | +0.05, -0.10, +0.08, -0.02, +0.03, -0.06 | -0.00 |" in report
+    assert "Holm-corrected over all 3 pairs of configurations" in report
+    assert f"Real differences at 0.05 after Holm's correction: {SEEDED_BEHIND} (-0.60 dB, Holm p < 0.001)." in report
+    assert f"Not told apart from the best (the difference may be seed noise): {SEEDED_LEVEL} (-0.00 dB, " in report
+    assert f"{SEEDED_BEHIND} vs {SEEDED_BEST}: -0.60 dB, about {behind:.0f} seeds would tell them apart." in report
+    assert f"{SEEDED_LEVEL} vs {SEEDED_BEST}: -0.00 dB; not even 1000 seeds would tell them apart." in report
+
+    compared = pd.read_csv(out / "comparisons.csv").set_index("configuration")
+    assert compared.loc[SEEDED_BEHIND, "p_holm"] == pytest.approx(3 * compared.loc[SEEDED_BEHIND, "p_value"], rel=1e-4)
+    assert compared.loc[SEEDED_BEHIND, "differences"] == "-0.5 -0.7 -0.6 -0.4 -0.8 -0.6"
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["device_hours"][:3] > 0).all() and summary["device_hours"][3:].isna().all()
+    assert "| wall time / trial | device-hours |" in (out / "summary.md").read_text()
+    assert re.search(rf"- \*\*device time\*\*: (< 0\.001|\d+\.\d{{3}}) device-hours over 18 ended trials "
+                     rf"\({DEVICE} × 18\)\n", report)
+    assert "- **code**: git 0123456; 2 of 18 trials ran from uncommitted changes (listed below)" in report
+    uncommitted = report[report.index("## Runs from uncommitted code"):report.index("## Sweep spec")]
+    assert f"| 0 | {SEEDED_BEST} | 1 | COMPLETE | 0123456 |" in uncommitted
+    assert f"| 1 | {SEEDED_BEHIND} | 1 | COMPLETE | 0123456 |" in uncommitted and uncommitted.count("| COMPLETE |") == 2
+    page = (out / "index.html").read_text()
+    assert "<h2>Runs from uncommitted code</h2>" in page and "<th>p (Holm)</th>" in page
+
+
+def test_a_read_only_out_is_one_line_and_writes_nothing(known_uri, script, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        assert script.main(["--sweep", "seeded", "--tracking-uri", known_uri, "--out", str(locked / "report")]) == 2
+        assert script.main(["--sweep", "seeded", "--tracking-uri", known_uri, "--out", str(locked)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and not list(locked.iterdir())
+    assert err[0].startswith(f"error: --out: cannot write the report into {locked / 'report'} (")
+    assert err[0].endswith("); give a folder you can write to")
+    assert err[1].startswith(f"error: --out: cannot write the report into {locked} (")
+
+
+def log_lost_sweep(folder: Path, logged: int) -> str:
+    """A sweep whose Optuna study finished 3 trials, of which only the first `logged` have runs in MLflow (as after
+    mlflow.db was deleted between launches); returns the database's URI."""
+    journal = folder / "optuna.journal"
+    study = optuna.create_study(study_name="lost", direction="maximize", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    for value in (20.0, 21.0, 22.0):
+        study.add_trial(create_trial(params={}, distributions={}, value=value))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    parent = open_parent_run(uri, "lost", "lost-id", tags={"sweep.storage": str(journal), "sweep.spec": "lost.yaml"})
+    for number_ in range(logged):
+        log_trial(MlflowClient(uri), parent, number_, 1e-3, number_ + 1, [20.0 + number_], [28.0], None)
+    return uri
+
+
+def test_finished_trials_missing_from_mlflow_are_named(script, tmp_path, capsys):
+    uri = log_lost_sweep(tmp_path, logged=1)
+    assert script.main(["--sweep", "lost", "--tracking-uri", uri, "--out", str(tmp_path / "report")]) == 0
+    note = (f"note: the Optuna study has 2 finished trial(s) whose runs are not in MLflow at {uri} (trials 1, 2), so "
+            "they are in no table or figure: was the database deleted or replaced since they ran?")
+    assert note in capsys.readouterr().out.splitlines()
+
+
+def test_a_sweep_whose_runs_are_all_missing_from_mlflow_is_one_line(script, tmp_path, capsys):
+    uri = log_lost_sweep(tmp_path, logged=0)
+    capsys.readouterr()  # MLflow's own lines from creating the database
+    assert script.main(["--sweep", "lost", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err == (
+        f"error: sweep 'lost' at {uri} has no finished trial (no trial started), but its Optuna study has 3: their "
+        "runs are not in this MLflow database (was it deleted or replaced since they ran?); give --tracking-uri the "
+        "database they logged to\n")
 
 
 def test_a_sampled_sweep_s_report_adds_optuna_s_figures(swept, script, tmp_path, capsys):

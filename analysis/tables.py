@@ -131,7 +131,8 @@ SOMETIMES = (GAIN, ONE_STEP)  # shown only when some row has a value: runs logge
 
 
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as a report shows it: `mean ± std` strings, readable headers, wall time in minutes and seconds.
+    """The table as a report shows it: `mean ± std` strings, readable headers, wall time in minutes and seconds,
+    device-hours (`n/a` where a trial did not log its device time).
 
     A configuration's missing value is `-`; in a baseline row, the cells that do not apply to it are empty.
     """

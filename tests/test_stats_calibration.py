@@ -1,12 +1,17 @@
 """analysis/calibration.py: the report's statistics on simulated sweeps, no training (a few seconds)."""
 from __future__ import annotations
 
+import importlib.util
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from analysis import calibration
 
 SWEEPS = 4000  # per check: the binomial range of a 5% rate is then 4.0%-6.1%
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "stats_calibration.py"
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +59,22 @@ def test_the_simulation_has_the_spread_and_shared_luck_it_is_given():
     assert values[:, 0].std() == pytest.approx(1.0, abs=0.02) and values[:, 1].mean() == pytest.approx(2.0, abs=0.02)
     assert np.corrcoef(values[:, 0, 0], values[:, 1, 0])[0, 1] == pytest.approx(0.5, abs=0.02)
     assert (values[:, 1] - values[:, 0]).std() == pytest.approx(1.0, abs=0.02)  # sqrt(2 (1 - 0.5))
+
+
+def load_benchmark():
+    module_spec = importlib.util.spec_from_file_location("stats_calibration", BENCHMARK)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_prints_each_check_and_the_figures_behind_the_report_s_choices(capsys):
+    benchmark = load_benchmark()
+    assert benchmark.main(["--sweeps", "400"]) in (0, 1)  # 1 when a check misses its range, as 400 sweeps may
+    lines = capsys.readouterr().out.splitlines()
+    checks = [line for line in lines if line.startswith(("ok  ", "FAIL"))]
+    assert len(checks) == 6 + 2 * len(calibration.SEEDS_NEEDED_CASES)
+    assert all(re.fullmatch(r"(ok  |FAIL) +\d+\.\d\d%  in \[ *\d+\.\d\d%, +\d+\.\d\d%\]  .+", line) for line in checks)
+    assert sum("false positives among" in line for line in lines) == 3 and lines[-2].endswith("  t interval")
+    assert benchmark.main(["--sweeps", "50"]) == 2
+    assert capsys.readouterr().err == "error: --sweeps: give 100 or more, or the rates mean little\n"

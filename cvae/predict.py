@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cvae import checkpoint
-from cvae.config import MAX_SEED, TrainConfig
+from cvae.config import TrainConfig
 from cvae.data import TestSequence, load_frames, load_test_sequences
 from cvae.errors import ConfigError, CVAEError, DataError
 from cvae.folders import writable_folder
@@ -65,11 +65,9 @@ def predict(ckpt: str | Path, out: str | Path, root: str | Path | None = None, s
         raise ValueError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
     if samples < 1:
         raise ValueError(f"samples={samples}: must be >= 1")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"--seed {seed}: must be between 0 and 2**63-1 ({MAX_SEED})")
     started = time.perf_counter()
     model, cfg = load_model(ckpt, device)
-    seed = cfg.seed if seed is None else seed
+    seed = cfg.seed if seed is None else cfg.replace(seed=seed).seed  # checked as the trainer's seed is
     sequences = load_sequences(Path(cfg.DR if root is None else root), split, cfg)
     out = writable_folder(Path(out), "--out")
     results = []

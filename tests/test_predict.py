@@ -155,5 +155,5 @@ def test_a_read_only_out_is_one_line(trained, small_dataset, tmp_path):
 def test_a_seed_beyond_63_bits_is_one_line(trained, small_dataset, tmp_path):
     ckpt, _ = trained
     done = run_predict("--ckpt", ckpt, "--DR", small_dataset, "--out", tmp_path / "out", "--seed", 2**64)
-    assert one_line_error(done) == "error: --seed 18446744073709551616: must be between 0 and 2**63-1 (9223372036854775807)"
+    assert one_line_error(done) == "error: seed=18446744073709551616: must be between 0 and 2**63-1 (9223372036854775807)"
     assert not (tmp_path / "out").exists()

@@ -134,7 +134,7 @@ def read_yaml_overrides(path: Path) -> dict[Any, Any]:
         raise ConfigError(f"{path}: is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
                           f"is it a binary file?") from None
     try:
-        values = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
+        values = yaml.load(text, Loader=UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -146,7 +146,7 @@ def read_yaml_overrides(path: Path) -> dict[Any, Any]:
     return values
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """safe_load that refuses a key given twice, where PyYAML would silently keep the last value."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:

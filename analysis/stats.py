@@ -55,28 +55,26 @@ class Tests:
 def paired(values: np.ndarray, best: np.ndarray) -> Tests:
     """The paired t-test of `values - best`, seed by seed along the last axis (2+ seeds)."""
     differences = values - best  # (..., seeds)
+    mean = differences.mean(axis=-1)
+    average_sd = np.sqrt((values.var(axis=-1, ddof=1) + best.var(axis=-1, ddof=1)) / 2)
     with _quiet():
         result = stats.ttest_rel(values, best, axis=-1)
         interval = result.confidence_interval(CONFIDENCE)
-    mean = differences.mean(axis=-1)
-    seeds = differences.shape[-1]
-    average_sd = np.sqrt((values.var(axis=-1, ddof=1) + best.var(axis=-1, ddof=1)) / 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
         return Tests(difference=mean, ci_low=np.asarray(interval.low), ci_high=np.asarray(interval.high),
-                     p_value=np.asarray(result.pvalue), hedges_g=_correction(2 * (seeds - 1)) * mean / average_sd,
+                     p_value=np.asarray(result.pvalue),
+                     hedges_g=_correction(2 * (differences.shape[-1] - 1)) * mean / average_sd,
                      effect_size=np.abs(mean) / differences.std(axis=-1, ddof=1))
 
 
 def welch(values: np.ndarray, best: np.ndarray) -> Tests:
     """Welch's t-test of the two means along the last axis (2+ seeds a side), for values not matched by seed."""
-    with _quiet():
-        result = stats.ttest_ind(values, best, axis=-1, equal_var=False)
-        interval = result.confidence_interval(CONFIDENCE)
     difference = values.mean(axis=-1) - best.mean(axis=-1)
     df = values.shape[-1] + best.shape[-1] - 2
     pooled_sd = np.sqrt(((values.shape[-1] - 1) * values.var(axis=-1, ddof=1)
                          + (best.shape[-1] - 1) * best.var(axis=-1, ddof=1)) / df)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with _quiet():
+        result = stats.ttest_ind(values, best, axis=-1, equal_var=False)
+        interval = result.confidence_interval(CONFIDENCE)
         return Tests(difference=difference, ci_low=np.asarray(interval.low), ci_high=np.asarray(interval.high),
                      p_value=np.asarray(result.pvalue), hedges_g=_correction(df) * difference / pooled_sd,
                      effect_size=np.abs(difference) / pooled_sd)

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -8,7 +9,7 @@ from cvae.config import TrainConfig
 from cvae.data import load_video_data
 from cvae.errors import CheckpointError, TrainingDiverged
 from cvae.model import VideoCVAE
-from cvae.train import fit, kl_term, native_bf16, validate, validate_one_step
+from cvae.train import compile_fallback, compile_modules, fit, kl_term, native_bf16, validate, validate_one_step
 
 TINY = dict(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16, train_vi_len=4, val_vi_len=8, batch_size=4,
             kl_anneal_cycle=2, tfr=0.5, tfr_sde=0, tfr_d_step=0.1, per_save=1, seed=3)
@@ -148,16 +149,26 @@ def test_bf16_autocast_validates_within_a_third_of_a_decibel_of_fp32(tiny):
 
 
 @pytest.mark.slow
-def test_compiled_modules_train_like_eager_ones_and_save_the_same_keys(tiny):
-    cfg = tiny(num_epoch=2, partial=0.5)
-    data = load_video_data(cfg)
-    eager = fit(cfg, data, progress=False)
-    compiled = fit(cfg.replace(compile=True, save_root=cfg.save_root + "_compiled"), data, progress=False)
-    for ours, reference in zip(compiled.epochs, eager.epochs):
-        # inductor's fused kernels round differently (bf16 autocast where the CPU has it): 0.2% of the loss seen
-        assert ours.train_loss == pytest.approx(reference.train_loss, rel=5e-3)
-        assert ours.val_psnr == pytest.approx(reference.val_psnr, abs=0.01)
-    assert weights(compiled.last_checkpoint).keys() == weights(eager.last_checkpoint).keys()
+def test_compiled_modules_compute_what_eager_ones_do_and_keep_their_keys(tiny):
+    # one free-running clip, forward and backward: a whole training run would compare chaos, as inductor's
+    # fused kernels round differently and a few hundred steps amplify that (several % of the loss)
+    cfg = tiny(bf16=False)
+    torch.manual_seed(0)
+    eager = VideoCVAE(cfg)
+    compiled = copy.deepcopy(eager)
+    compile_modules(compiled)
+    images = torch.rand(2, 4, 3, cfg.frame_H, cfg.frame_W, generator=torch.Generator().manual_seed(1))
+    labels = torch.rand(2, 4, 3, cfg.frame_H, cfg.frame_W, generator=torch.Generator().manual_seed(2))
+    losses = []
+    with compile_fallback(cfg):
+        for model in eager, compiled:
+            recon, kl = model.clip_losses(images, labels, teacher_forced=False, generator=torch.Generator().manual_seed(3))
+            (recon + kl).backward()
+            losses.append((recon.item(), kl.item()))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-9)
+    for (name, ours), reference in zip(compiled.named_parameters(), eager.parameters()):
+        assert torch.allclose(ours.grad, reference.grad, rtol=1e-3, atol=1e-7), name
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
 
 
 FALLBACK_RUN = """

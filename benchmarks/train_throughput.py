@@ -14,8 +14,9 @@ sync inside the loop: TrainConfig's defaults.
 The variants (benchmarks/variants.py) switch on the optimisations that are off by default
 (torch.compile, CUDA graphs for the rollout), one at a time or together, switch bf16 off ("fp32"),
 or switch everything off ("plain"). Every measurement runs in its own spawned process
-so peak memory is that path's alone. `--profile` prints the PyTorch profiler's busiest operators
-for each path's training steps.
+so peak memory is that path's alone; a process that dies (out of memory, most often) is one line
+naming its path, and the other paths still run. `--profile` prints the PyTorch profiler's busiest
+operators for each path's training steps.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import argparse
 import json
 import multiprocessing
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -75,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=(*PRESETS, "both"), default=None,
                         help="default: both, lab with --model lab, small with --quick")
     parser.add_argument("--batch-size", default=None,
-                        help="our batch sizes, comma-separated (default 4,16 on the CPU, 16,64 on CUDA; "
-                             "the lab-style path uses 2)")
+                        help="our batch sizes, comma-separated (default 4,16 on the CPU, 2,16 there with --model lab, "
+                             "16,64 on CUDA; the lab-style path uses 2)")
     parser.add_argument("--variants", default=None,
                         help=f"our paths, comma-separated from {', '.join(VARIANTS)} "
                              f"(default {DEFAULT_VARIANTS['cpu']} on the CPU, {DEFAULT_VARIANTS['cuda']} on CUDA)")
@@ -104,16 +106,51 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dict(small=True) if args.quick else dict(train_videos=2, train_frames=160, test_seqs=1, test_frames=16)
         root = generate(Path(tmp) / "data", seed=0, **sizes)
         rollout_frames = 40 if args.quick else 630
-        context = multiprocessing.get_context("spawn")
-        results = []
+        results, died = [], 0
         for preset in presets:
             paths = [(variant, batch) for batch in batch_sizes for variant in variants]
             for path, batch in [*paths, (LAB_STYLE, LAB_BATCH_SIZE)]:
                 job = (args.model, preset, path, batch, steps, rollout_frames, str(root), args.device, args.profile)
-                with context.Pool(1) as pool:
-                    results.append(pool.apply(measure, job))
+                try:
+                    results.append(run_alone(measure, *job))
+                except WorkerDied as err:
+                    print(f"error: {args.model} {preset} {path} batch {batch}: {err}; measuring the other paths",
+                          file=sys.stderr, flush=True)
+                    died += 1
     print(json.dumps([r.__dict__ for r in results], indent=2) if args.json else table(results))
-    return 0
+    return 1 if died else 0
+
+
+class WorkerDied(Exception):
+    """The process running one measurement ended without a result."""
+
+
+def run_alone(function, *args):
+    """function(*args) in a fresh spawned process; WorkerDied naming its signal or exit code if it dies.
+
+    Not multiprocessing.Pool: when its worker is killed (the kernel's OOM killer sends SIGKILL), Pool
+    starts another and waits for the lost result forever.
+    """
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    worker = context.Process(target=_send_result, args=(sender, function, args))
+    worker.start()
+    sender.close()  # the worker's copy is the only writer left: its death ends the pipe
+    try:
+        result = receiver.recv()
+    except EOFError:
+        worker.join()
+        code = worker.exitcode
+        if code < 0:
+            hint = ", out of memory?" if code == -signal.SIGKILL else ""
+            raise WorkerDied(f"the worker was killed by {signal.Signals(-code).name}{hint}") from None
+        raise WorkerDied(f"the worker exited with code {code}") from None  # its traceback is on stderr above
+    worker.join()
+    return result
+
+
+def _send_result(sender, function, args) -> None:
+    sender.send(function(*args))
 
 
 def measure(model_name: str, preset: str, path: str, batch_size: int, steps: int, rollout_frames: int, root: str,

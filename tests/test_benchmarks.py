@@ -1,5 +1,7 @@
 import json
+import math
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +57,16 @@ def test_benchmarks_refuse_unknown_options_in_one_line():
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2
         assert done.stderr.strip().count("\n") == 0 and "'+turbo'" in done.stderr
+
+
+def test_a_measurement_whose_worker_dies_is_one_line_naming_how(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from train_throughput import WorkerDied, run_alone
+
+    with pytest.raises(WorkerDied, match=r"^the worker was killed by SIGKILL, out of memory\?$"):
+        run_alone(signal.raise_signal, signal.SIGKILL)  # what the OOM killer does; Pool waited forever
+    with pytest.raises(WorkerDied, match="^the worker exited with code 1$"):
+        run_alone(math.sqrt, -1)  # a ValueError in the worker: its traceback goes to stderr
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="GPU 0 exists here")

@@ -93,7 +93,7 @@ def logged_sweeps(basetemp: Path, data: Path) -> Path:
             [sys.executable, str(ROOT / "run_sweep.py"), f"{name}.yaml", "--tracking-uri", f"sqlite:///{db}"],
             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             preexec_fn=(lambda core=core: os.sched_setaffinity(0, core)) if core else None))
-    outputs = [launch.communicate(timeout=300)[0] for launch in launches]
+    outputs = [launch.communicate(timeout=900)[0] for launch in launches]  # minutes on a busy 2-core machine
     # exit codes: 1 = trials still to run (the ablation's diverging ones), 0 = complete
     assert [launch.returncode for launch in launches] == [1, 0], "\n".join(out[-3000:] for out in outputs)
     (folder / "done").touch()

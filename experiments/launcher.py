@@ -49,6 +49,7 @@ from experiments.study import (ERROR, MLFLOW_RUN_ID, SEED, Progress, fail_runnin
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
 from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
 
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 POLL_S = 2.0
 STOP_GRACE_S = 3.0  # after Ctrl-C, how long workers have to stop on their own before they are told to
 STOP_TIMEOUT_S = 15.0  # ... and then before they are killed
@@ -372,6 +373,8 @@ def describe_outcome(outcome: Outcome, command: str) -> str:
     if outcome.parent is not None:
         ui = "mlflow ui" if spec.tracking_uri == absolute_location(DEFAULT_TRACKING_URI) else \
             f"mlflow ui --backend-store-uri {spec.tracking_uri}"
-        lines.append(f"MLflow: experiment {spec.name!r}, parent run {outcome.parent.run_id}; browse with `{ui}`")
+        lines.append(f"MLflow: experiment {spec.name!r}, parent run {outcome.parent.run_id}; browse with `{ui}`, "
+                     f"then open {UI_ADDRESS}/#/experiments/{outcome.parent.experiment_id}/runs?workflowType=machine_learning "
+                     "(MLflow 3.17's UI opens an experiment on its GenAI pages unless the link names the workflow)")
     return "\n".join(lines)
 

@@ -23,16 +23,24 @@ def test_yaml_and_torch_load_only_what_is_safe(path):
         where = f"{path.relative_to(ROOT)}:{node.lineno}"
         assert name not in ("yaml.unsafe_load", "yaml.full_load", "pickle.load", "pickle.loads"), where
         if name == "yaml.load":  # only with a SafeLoader (subclass)
-            assert keywords.get("Loader") in ("yaml.SafeLoader", "_SpecLoader"), where
+            assert keywords.get("Loader") in ("yaml.SafeLoader", "UniqueKeyLoader"), where
         if name == "torch.load":
             assert keywords.get("weights_only") == "True", where
 
 
-def test_the_spec_loader_is_a_safe_loader():
+def test_the_yaml_loader_of_configs_and_specs_constructs_only_plain_data():
     import yaml
 
-    from experiments.spec import _SpecLoader
-    assert issubclass(_SpecLoader, yaml.SafeLoader)
+    from cvae.config import UniqueKeyLoader
+    # libyaml's CSafeLoader is not a SafeLoader subclass, but builds objects with the same SafeConstructor
+    assert issubclass(UniqueKeyLoader, yaml.constructor.SafeConstructor)
+    assert not issubclass(UniqueKeyLoader, (yaml.constructor.FullConstructor, yaml.constructor.UnsafeConstructor))
+    try:
+        yaml.load("!!python/object/apply:os.system ['true']", Loader=UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as err:
+        assert "python/object/apply" in str(err)
+    else:
+        raise AssertionError("a python/object tag was constructed")
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if p.name != "test_safety.py"],

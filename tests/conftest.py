@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from cvae.data import CACHE_DIR
 from cvae.synthetic import generate
+
+
+# The Ctrl-C tests send SIGINT to this process and to launchers it starts. A shell starts a command run in
+# the background (`make test &`, nohup) with SIGINT ignored, and children inherit that: hear it again.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from experiments.launch_files import (LOCK_SUFFIX, check_journal, check_tracking
 from experiments.launcher import configure
 from experiments.spec import load_spec
 from experiments.study import open_study
+from test_run_folder import read_only
 from test_sweep import ROOT, run_launch, write_spec
 
 ONE_TRIAL = "parameters: {kl_anneal_type: [Cyclical]}"
@@ -105,18 +106,8 @@ def read_only_folder(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     (folder / "optuna.journal").write_bytes(RECORD)
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
+    with read_only(folder):
         yield folder
-        folder.chmod(0o755)
-        return
-    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("cannot bind-mount here (no CAP_SYS_ADMIN) to make a folder read-only for root")
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_storage_in_a_read_only_folder_is_one_spec_error_naming_what_cannot_be_made(read_only_folder):

@@ -31,6 +31,8 @@ FORMATS = ("png", "pdf", "svg")
 REPORTS_DIR = Path("reports")
 MAX_CONFIGURATIONS = 10  # a sampled sweep's per-configuration figures show its best ones only
 PSNR_OBJECTIVES = ("final_val_psnr", "best_val_psnr")
+# the csv files keep six significant digits: a sweep's seconds are hours of 0.0000x, not 0
+CSV_FLOAT = "%.6g"
 DOCUMENTS = ("summary.csv", "summary.md", "comparisons.csv", "report.md", "index.html")
 FIGURE_STEMS = ("1_psnr_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr",
                 "7_param_importances", "7_optimization_history")
@@ -106,10 +108,10 @@ def _write(folder: Path, data: Sweep, made: list[_Made], summary: pd.DataFrame, 
         paths = figures.save(item.figure, folder, item.stem, formats)
         written += paths
         entries.append(FigureEntry(paths[0].name, item.title, item.caption, tuple(p.name for p in paths[1:])))
-    summary.to_csv(folder / "summary.csv", index=False, float_format="%.4f")
+    summary.to_csv(folder / "summary.csv", index=False, float_format=CSV_FLOAT)
     (folder / "summary.md").write_text(markdown_table(tables.formatted(summary)) + "\n", encoding="utf-8")
     per_seed = compared["differences"].map(lambda values: " ".join(f"{value:.6g}" for value in values))
-    compared.assign(differences=per_seed).to_csv(folder / "comparisons.csv", index=False, float_format="%.6g")
+    compared.assign(differences=per_seed).to_csv(folder / "comparisons.csv", index=False, float_format=CSV_FLOAT)
     document = build_document(data, summary, compared, tuple(entries), notes)
     (folder / "report.md").write_text(markdown(document), encoding="utf-8")
     (folder / "index.html").write_text(html_page(document), encoding="utf-8")

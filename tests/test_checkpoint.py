@@ -32,6 +32,8 @@ def test_a_ctrl_c_during_a_save_waits_for_the_complete_file(tmp_path):
 
 
 OLD_CHECKPOINT = Path(__file__).parent / "fixtures" / "checkpoint_main_7cc6087.ckpt"  # written by main at 7cc6087
+# written by main at d699114 (test_train's TINY config, one epoch): the epoch reports before val_ssim
+PSNR_ONLY_CHECKPOINT = Path(__file__).parent / "fixtures" / "checkpoint_main_d699114.ckpt"
 
 
 def test_a_checkpoint_written_before_model_choices_loads_as_the_light_model(small_dataset, tmp_path):
@@ -47,3 +49,13 @@ def test_a_checkpoint_written_before_model_choices_loads_as_the_light_model(smal
                   load_video_data(cfg.replace(DR=str(small_dataset))), resume_from=OLD_CHECKPOINT, progress=False)
     assert [report.epoch for report in resumed.epochs] == [0, 1]
     assert math.isnan(resumed.epochs[0].val_psnr_1step) and math.isfinite(resumed.epochs[1].val_psnr_1step)
+
+
+def test_a_checkpoint_written_before_a_new_epoch_metric_resumes(small_dataset, tmp_path):
+    state = checkpoint.load(PSNR_ONLY_CHECKPOINT)
+    cfg = checkpoint.config_of(state, PSNR_ONLY_CHECKPOINT).replace(DR=str(small_dataset),
+                                                                    save_root=str(tmp_path / "run"), num_epoch=2)
+    resumed = fit(cfg, load_video_data(cfg), resume_from=PSNR_ONLY_CHECKPOINT, progress=False)
+    old, new = resumed.epochs
+    assert old.val_psnr == pytest.approx(23.850909, abs=1e-6) and old.val_psnr_per_frame.shape == (7,)
+    assert new.epoch == 1 and math.isfinite(new.val_psnr)

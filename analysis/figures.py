@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.labels import COPY_FIRST, COPY_PREVIOUS
-from experiments.tracking import ONE_STEP_METRIC
+from experiments.schema import BY_NAME, ONE_STEP_PSNR, PSNR_FRAMES, VAL_PSNR, Metric
 
 Colours = Mapping[str, tuple[float, float, float]]
 WIDTH = 9.0  # inches; a page's width at 100% in a browser
@@ -35,8 +35,10 @@ SCHEDULE_GREY = "0.2"
 SCHEDULE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 COINCIDENT = 0.005  # curves closer than this fraction of the y range everywhere would hide each other
 TWIN_DASHES = ((4, 4), (1.5, 3), (8, 3, 2, 3), (1, 5))  # for lines drawn over an identical one
-LOSSES = {"train/loss": "total loss", "train/recon": "reconstruction (MSE)", "train/kl": "KL divergence"}
-VAL_PSNR = {"val/psnr": "rollout from the first frame", ONE_STEP_METRIC: "one step from the true previous frame"}
+TRAIN_LOSS = BY_NAME["train_loss"].key
+LOSSES = {TRAIN_LOSS: "total loss", BY_NAME["train_recon"].key: "reconstruction (MSE)",
+          BY_NAME["train_kl"].key: "KL divergence"}
+VAL_PSNR_PANELS = {VAL_PSNR.key: "rollout from the first frame", ONE_STEP_PSNR.key: "one step from the true previous frame"}
 REFERENCE = {"color": "0.5", "linestyle": "--", "linewidth": 1.4}  # a baseline: grey and dashed, beside any colour
 LOG_SCALE_RATIO = 30  # a panel whose values span more than this factor gets a log y axis
 DPI = 150
@@ -51,20 +53,23 @@ def palette(configurations: Sequence[str]) -> dict[str, tuple[float, float, floa
 # ---------------------------------------------------------------- the lab report's figures
 
 
-def psnr_per_frame(frames: pd.DataFrame, colours: Colours, copy_first: pd.DataFrame | None = None) -> Figure:
-    """Figure 1: PSNR of each predicted validation frame, mean over seeds with a ±1 std band.
+def per_frame(frames: pd.DataFrame, colours: Colours, copy_first: pd.DataFrame | None = None,
+              metric: Metric = PSNR_FRAMES) -> Figure:
+    """Figure 1: a per-frame metric (PSNR, SSIM) of each predicted validation frame, mean over seeds with a ±1 std
+    band.
 
-    `copy_first` (rows of trial, frame, psnr, as `frames`) is drawn as a dashed grey reference, the mean
-    over its trials; none when it is None or empty (runs logged before the baselines).
+    `copy_first` (rows of trial, frame and the metric's column, as `frames`) is drawn as a dashed grey reference,
+    the mean over its trials; none when it is None or empty (runs logged before the baselines).
     """
     fig, [ax] = _figure()
-    shown, twins = _lines(ax, frames, "frame", "psnr", colours, markers=False)
+    frames = frames.dropna(subset=[metric.column])  # runs logged before the metric have no value
+    shown, twins = _lines(ax, frames, "frame", metric.column, colours, markers=False)
     references = []
     if copy_first is not None and len(copy_first):
-        curve = copy_first.groupby("frame")["psnr"].mean()
+        curve = copy_first.groupby("frame")[metric.column].mean()
         references = ax.plot(curve.index, curve.to_numpy(), **REFERENCE, label=COPY_FIRST)
-    ax.set(xlabel="frame of the validation video", ylabel="PSNR (dB)",
-           title="PSNR per frame of the validation video (final epoch)")
+    ax.set(xlabel="frame of the validation video", ylabel=metric.label + (f" ({metric.unit})" if metric.unit else ""),
+           title=f"{metric.label} per frame of the validation video (final epoch)")
     _legend_below(fig, shown, colours, _notes(frames, twins), references=references)
     return fig
 
@@ -77,7 +82,7 @@ def loss_curves(epochs: pd.DataFrame, colours: Colours) -> Figure:
         _log_scale_if_wide(ax, epochs.loc[epochs["metric"] == metric, "value"])
     axes[0].set_ylabel("loss, mean over the epoch's batches")
     fig.suptitle("Training losses (total = reconstruction + β · KL)")
-    _legend_below(fig, shown, colours, _notes(epochs[epochs["metric"] == "train/loss"], twins))
+    _legend_below(fig, shown, colours, _notes(epochs[epochs["metric"] == TRAIN_LOSS], twins))
     return fig
 
 
@@ -102,7 +107,7 @@ def val_psnr_curves(epochs: pd.DataFrame, colours: Colours, copy_first: float = 
     in the second; a NaN (runs logged before the baselines) is not drawn.
     """
     logged = set(epochs["metric"])
-    panels = {metric: title for metric, title in VAL_PSNR.items() if metric == "val/psnr" or metric in logged}
+    panels = {metric: title for metric, title in VAL_PSNR_PANELS.items() if metric == VAL_PSNR.key or metric in logged}
     fig, axes = _figure(panels=len(panels))
     shown, twins = _epoch_panels(axes, epochs, panels, colours)
     references = [ax.axhline(level, **REFERENCE, label=name)
@@ -110,7 +115,8 @@ def val_psnr_curves(epochs: pd.DataFrame, colours: Colours, copy_first: float = 
                   if not math.isnan(level)]
     axes[0].set_ylabel("validation PSNR (dB, mean over frames)")
     fig.suptitle("Validation PSNR per epoch")
-    _legend_below(fig, shown, colours, _notes(epochs[epochs["metric"] == "val/psnr"], twins), references=references)
+    _legend_below(fig, shown, colours, _notes(epochs[epochs["metric"] == VAL_PSNR.key], twins),
+                  references=references)
     return fig
 
 

@@ -1,6 +1,6 @@
 """A sweep's report: its runs read from MLflow, every figure and table made, all written to one folder.
 
-The folder gets the figures (`1_psnr_per_frame.png`, ...), `summary.csv` and `summary.md`,
+The folder gets the figures (`1_psnr_per_frame.png`, one per per-frame metric, ...), `summary.csv` and `summary.md`,
 `comparisons.csv` (each configuration against the best, `analysis.comparisons`), and `report.md` and
 `index.html`, which show the same figures, the spec, both tables, the sweep's device time and the
 trials that ran from uncommitted code.
@@ -24,18 +24,17 @@ from analysis.errors import ReportError
 from analysis.labels import COPY_FIRST, COPY_PREVIOUS
 from analysis.power import POWER
 from analysis.runs import Sweep, load_study, load_sweep, missing_runs
+from experiments.schema import FRAME_METRICS, ONE_STEP_PSNR, PSNR_FRAMES, SWEEP_PRUNER, SWEEP_SPEC
 from experiments.spec import DEFAULT_TRACKING_URI
-from experiments.tracking import ONE_STEP_METRIC
 
 FORMATS = ("png", "pdf", "svg")
 REPORTS_DIR = Path("reports")
 MAX_CONFIGURATIONS = 10  # a sampled sweep's per-configuration figures show its best ones only
-PSNR_OBJECTIVES = ("final_val_psnr", "best_val_psnr")
 # the csv files keep six significant digits: a sweep's seconds are hours of 0.0000x, not 0
 CSV_FLOAT = "%.6g"
 DOCUMENTS = ("summary.csv", "summary.md", "comparisons.csv", "report.md", "index.html")
-FIGURE_STEMS = ("1_psnr_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr",
-                "7_param_importances", "7_optimization_history")
+FIGURE_STEMS = (*(f"1_{metric.column}_per_frame" for metric in FRAME_METRICS), "2_loss_curves", "3_teacher_forcing",
+                "4_kl_beta", "5_val_psnr", "7_param_importances", "7_optimization_history")
 
 
 @dataclass(frozen=True)
@@ -145,14 +144,22 @@ def make_figures(data: Sweep, table: pd.DataFrame, study: optuna.Study | None,
 
     best_epochs, copied, levels = drawn(data.epochs), drawn(data.baseline_frames), drawn(data.trials)
     copy_first, copy_previous = levels["copy_first"].mean(), levels["copy_previous"].mean()
-    one_step = (best_epochs["metric"] == ONE_STEP_METRIC).any()
+    one_step = (best_epochs["metric"] == ONE_STEP_PSNR.key).any()
     spread = "line: mean over seeds, band: ±1 std over seeds."
-    made = [
-        _Made("1_psnr_per_frame", "PSNR per frame",
-              f"PSNR of each predicted frame of the validation video after the last epoch; {spread}"
-              + (" Dashed grey: copying the first frame forward, the floor a model must beat." if len(copied)
-                 else "") + among,
-              figures.psnr_per_frame(drawn(data.frames), colours, copied)),
+    made = []
+    frames = drawn(data.frames)
+    for metric in FRAME_METRICS:
+        if frames[metric.column].isna().all():
+            notes.append(f"no {metric.label} per frame figure: the runs were logged before trials logged it")
+            continue
+        reference = copied if metric is PSNR_FRAMES else None  # the copy baselines are PSNRs
+        made.append(_Made(
+            f"1_{metric.column}_per_frame", f"{metric.label} per frame",
+            f"{metric.label} of each predicted frame of the validation video after the last epoch; {spread}"
+            + (" Dashed grey: copying the first frame forward, the floor a model must beat."
+               if reference is not None and len(reference) else "") + among,
+            figures.per_frame(frames, colours, reference, metric)))
+    made += [
         _Made("2_loss_curves", "Training losses",
               f"Training loss per epoch: total, reconstruction (MSE) and KL terms; {spread}{among}",
               figures.loss_curves(best_epochs, colours)),
@@ -241,7 +248,7 @@ def build_document(data: Sweep, table: pd.DataFrame, compared: pd.DataFrame,
     facts = [("sweep", data.name), ("trials", f"{len(data.trials)} ({trials})"),
              ("configurations", str(len(data.configurations))),
              ("seeds", ", ".join(str(s) for s in sorted(data.trials["seed"].unique()))),
-             ("sampler", f"{data.sampler}, pruner {data.tags.get('sweep.pruner', 'none')}"),
+             ("sampler", f"{data.sampler}, pruner {data.tags.get(SWEEP_PRUNER, 'none')}"),
              ("objective", f"{data.metric} ({data.direction})"),
              ("device time", provenance.device_time(data.trials)), ("code", provenance.code(data.trials)),
              ("MLflow", f"{data.tracking_uri}, experiment {data.experiment_id}, parent run {data.parent_run_id}")]
@@ -272,7 +279,7 @@ def build_document(data: Sweep, table: pd.DataFrame, compared: pd.DataFrame,
             "does not reproduce them.",), dirty))
     if notes:
         after.append(Section("Left out", tuple(note[0].upper() + note[1:] + "." for note in notes)))
-    after.append(Section("Sweep spec", (f"As logged with the sweep (`{data.tags.get('sweep.spec', '?')}`).",),
+    after.append(Section("Sweep spec", (f"As logged with the sweep (`{data.tags.get(SWEEP_SPEC, '?')}`).",),
                          code=data.spec_text or "(not logged)", code_language="yaml"))
     return Document(f"Sweep report: {data.name}", tuple(facts), tuple(before), entries, tuple(after))
 
@@ -305,7 +312,7 @@ def _baseline_text(table: pd.DataFrame) -> tuple[str, ...]:
 def _comparison_text(table: pd.DataFrame, compared: pd.DataFrame) -> tuple[str, ...]:
     objective, unit = table.attrs["objective"], _unit(table)
     best = table.iloc[0]
-    name = tables.HEADERS.get(objective, objective).replace(" (dB)", "")
+    name = tables.HEADERS.get(objective, objective).removesuffix(f" ({unit})")
     seeds = int(best["seeds"])
     first = (f"Best: {best['configuration']}, {name} {best[f'{objective}_mean']:.2f}"
              + (f" ± {best[f'{objective}_std']:.2f}" if seeds > 1 else "") + (f" {unit}" if unit else "")
@@ -349,5 +356,5 @@ def _comparison_text(table: pd.DataFrame, compared: pd.DataFrame) -> tuple[str, 
 
 
 def _unit(table: pd.DataFrame) -> str:
-    return "dB" if table.attrs["objective"] in PSNR_OBJECTIVES else ""
+    return tables.unit(table.attrs["objective"])
 

@@ -30,17 +30,20 @@ from analysis.labels import configuration_label, kl_setting, swept_keys, tfr_set
 from cvae.config import TrainConfig
 from cvae.errors import ConfigError
 from experiments.spec import DEFAULT_TRACKING_URI, URL
-from experiments.tracking import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC,
-                                  DEVICE_SECONDS_METRIC, EPOCH_METRICS, ERROR, FRAME_METRIC, GIT_DIRTY, HOST_DEVICE,
-                                  IS_PARENT, ONE_STEP_METRIC, RUN_METRICS, RUN_STATUS, STATUS)
+from experiments.schema import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC,
+                                DEVICE_SECONDS_METRIC, EPOCH_METRICS, ERROR, FRAME_METRICS, GIT_DIRTY, GPU, GROUP_KEY,
+                                GROUP_LABEL, HOST_DEVICE, IS_PARENT, PSNR_FRAMES, SEED_TAG, STATUS, SWEEP_DIRECTION,
+                                SWEEP_METRIC, SWEEP_SAMPLER, SWEEP_SPEC, SWEEP_STORAGE, TRIAL_NUMBER, VAL_PSNR, Metric)
+from experiments.tracking import RUN_METRICS, RUN_STATUS
 
 SQLITE = "sqlite:///"
 SPEC_NOTE = re.compile(r"```yaml\n(.*)\n```", re.DOTALL)  # how experiments.tracking puts it in the description
-# the last epoch's value of these metrics becomes a trial column: metric -> column
-FINAL_COLUMNS = {"val/psnr": "final_val_psnr", "train/loss": "final_train_loss", "train/recon": "final_train_recon",
-                 "train/kl": "final_train_kl", ONE_STEP_METRIC: "final_val_psnr_1step"}
+# the last epoch's value of the metrics with a table header becomes a trial column: MLflow key -> column
+FINAL_COLUMNS = {metric.key: metric.final_column for metric in EPOCH_METRICS if metric.header}
 # the copy baselines a trial logged once (NaN for runs logged before them): metric -> column
 BASELINE_COLUMNS = {COPY_FIRST_METRIC: "copy_first", COPY_PREVIOUS_METRIC: "copy_previous"}
+# copying the first frame forward, per frame: a PSNR like PSNR_FRAMES, in the same column
+BASELINE_FRAMES = dataclasses.replace(PSNR_FRAMES, key=COPY_FIRST_FRAME_METRIC)
 RUN_STATES = {run: state for state, run in RUN_STATUS.items()}  # MLflow run status -> trial state, for untagged runs
 IDENTITY = ["run_id", "trial", "group", "configuration", "seed", "status"]
 
@@ -63,15 +66,15 @@ class Sweep:
 
     @property
     def sampler(self) -> str:
-        return self.tags.get("sweep.sampler", "grid")
+        return self.tags.get(SWEEP_SAMPLER, "grid")
 
     @property
     def metric(self) -> str:
-        return self.tags.get("sweep.metric", "val_psnr")
+        return self.tags.get(SWEEP_METRIC, VAL_PSNR.name)
 
     @property
     def direction(self) -> str:
-        return self.tags.get("sweep.direction", "maximize")
+        return self.tags.get(SWEEP_DIRECTION, VAL_PSNR.direction)
 
     @property
     def configurations(self) -> list[str]:
@@ -117,13 +120,13 @@ def load_sweep(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = Non
                               f"study has {len(lost)}: their runs are not in this MLflow database (was it deleted or "
                               "replaced since they ran?); give --tracking-uri the database they logged to")
         raise ReportError(f"sweep {found.name!r} at {tracking_uri} has no finished trial yet ({seen}); "
-                          f"finish it with python run_sweep.py {parent.data.tags.get('sweep.spec', 'SPEC')}")
+                          f"finish it with python run_sweep.py {parent.data.tags.get(SWEEP_SPEC, 'SPEC')}")
     histories = {run.info.run_id: _histories(client, run.info.run_id) for run in children}
     return Sweep(name=found.name, experiment_id=found.experiment_id, tracking_uri=tracking_uri,
                  parent_run_id=parent.info.run_id, tags=dict(parent.data.tags), spec_text=_spec_text(parent),
                  trials=_add_finals(trials, histories), epochs=epochs_frame(trials, histories),
                  frames=frames_frame(trials, histories),
-                 baseline_frames=frames_frame(trials, histories, COPY_FIRST_FRAME_METRIC),
+                 baseline_frames=frames_frame(trials, histories, (BASELINE_FRAMES,)),
                  earlier_sweeps=len(parents) - 1)
 
 
@@ -188,19 +191,21 @@ def trials_frame(children: list[Run]) -> pd.DataFrame:
 def epochs_frame(trials: pd.DataFrame, histories: dict[str, dict[str, list]]) -> pd.DataFrame:
     """One row per (trial, epoch, metric): the trial's identity and settings, metric, epoch (from 1), value."""
     rows = [(run_id, key, metric.step + 1, metric.value)
-            for run_id, metrics in histories.items() for key in EPOCH_METRICS for metric in metrics[key]]
+            for run_id, metrics in histories.items() for key in (m.key for m in EPOCH_METRICS)
+            for metric in metrics[key]]
     values = pd.DataFrame(rows, columns=["run_id", "metric", "epoch", "value"])
     return _with_identity(trials, values, ["kl_setting", "tfr_setting"])
 
 
 def frames_frame(trials: pd.DataFrame, histories: dict[str, dict[str, list]],
-                 key: str = FRAME_METRIC) -> pd.DataFrame:
-    """One row per (trial, frame) of the per-frame metric `key` (by default the final validation's):
-    the trial's identity, frame (1..T-1), psnr."""
-    rows = [(run_id, metric.step, metric.value)
-            for run_id, metrics in histories.items() for metric in metrics[key]]
-    values = pd.DataFrame(rows, columns=["run_id", "frame", "psnr"])
-    return _with_identity(trials, values, [])
+                 logged: tuple[Metric, ...] = FRAME_METRICS) -> pd.DataFrame:
+    """One row per (trial, frame) of the per-frame metrics `logged` (by default the final validation's): the
+    trial's identity, frame (1..T-1), and a column per metric (`psnr`, ...), NaN where a run did not log it."""
+    columns = [pd.DataFrame([(run_id, metric.step, metric.value) for run_id, metrics in histories.items()
+                             for metric in metrics[frame_metric.key]], columns=["run_id", "frame", frame_metric.column])
+               .astype({"frame": int, frame_metric.column: float}).set_index(["run_id", "frame"])
+               for frame_metric in logged]
+    return _with_identity(trials, pd.concat(columns, axis=1).reset_index(), [])
 
 
 def _with_identity(trials: pd.DataFrame, values: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
@@ -211,17 +216,17 @@ def _with_identity(trials: pd.DataFrame, values: pd.DataFrame, extra: list[str])
 
 def _trial_row(run: Run) -> dict[str, Any]:
     tags, params = run.data.tags, _typed_params(run.data.params)
-    group_label = tags.get("sweep.group_label", "")
+    group_label = tags.get(GROUP_LABEL, "")
     row = {
         "run_id": run.info.run_id,
-        "trial": int(tags.get("optuna.trial_number", -1)),
-        "group": tags.get("sweep.group_key", group_label),
+        "trial": int(tags.get(TRIAL_NUMBER, -1)),
+        "group": tags.get(GROUP_KEY, group_label),
         "configuration": configuration_label(swept_keys(group_label), params) if _complete(params) else group_label,
-        "seed": int(tags.get("sweep.seed", params.get("seed", -1))),
+        "seed": int(tags.get(SEED_TAG, params.get("seed", -1))),
         "status": tags.get(STATUS) or RUN_STATES.get(run.info.status, run.info.status),
         "group_label": group_label,
         "error": tags.get(ERROR, ""),
-        "gpu": tags.get("sweep.gpu", ""),
+        "gpu": tags.get(GPU, ""),
         "start": pd.Timestamp(run.info.start_time, unit="ms"),
         "wall_seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else float("nan"),
         # the latest value is the total over the trial's attempts; NaN for runs logged before it was
@@ -262,11 +267,13 @@ def _add_finals(trials: pd.DataFrame, histories: dict[str, dict[str, list]]) -> 
     val PSNR."""
     trials = trials.copy()
     nan = float("nan")
-    trials["epochs"] = [len(histories[run_id]["val/psnr"]) for run_id in trials["run_id"]]
+    trials["epochs"] = [len(histories[run_id][VAL_PSNR.key]) for run_id in trials["run_id"]]
     for key, column in {**FINAL_COLUMNS, **BASELINE_COLUMNS}.items():
         trials[column] = [histories[r][key][-1].value if histories[r][key] else nan for r in trials["run_id"]]
-    trials["best_val_psnr"] = [max((m.value for m in histories[r]["val/psnr"]), default=nan)
-                               for r in trials["run_id"]]
+    for metric in EPOCH_METRICS:
+        if metric.best_header:
+            trials[metric.best_column] = [metric.best(m.value for m in histories[r][metric.key])
+                                          for r in trials["run_id"]]
     return trials
 
 
@@ -275,7 +282,7 @@ def _spec_text(parent: Run) -> str:
     note = SPEC_NOTE.search(parent.data.tags.get(MLFLOW_RUN_NOTE, ""))
     if note:
         return note.group(1) + "\n"
-    path = Path(parent.data.tags.get("sweep.spec", ""))
+    path = Path(parent.data.tags.get(SWEEP_SPEC, ""))
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
@@ -293,7 +300,7 @@ def missing_runs(sweep: Sweep, study: optuna.Study) -> list[int]:
 
 
 def _open_study(name: str, tags: Mapping[str, str]) -> tuple[optuna.Study | None, str]:
-    storage_name = tags.get("sweep.storage", "")
+    storage_name = tags.get(SWEEP_STORAGE, "")
     if not storage_name:
         return None, "the parent run names no Optuna storage (tag sweep.storage)"
     try:

@@ -10,15 +10,16 @@ import math
 
 import pandas as pd
 
+from analysis.errors import ReportError
 from analysis.labels import COPY_FIRST, COPY_PREVIOUS
+from experiments.schema import EPOCH_METRICS, OBJECTIVES, ONE_STEP_PSNR, PSNR_FRAMES, VAL_PSNR
+from experiments.schema import objective_column as schema_column
 
-# the sweep's objective metric (spec `objective.metric`) -> the trial column that holds it
-OBJECTIVE_COLUMNS = {"val_psnr": "final_val_psnr", "best_val_psnr": "best_val_psnr",
-                     "train_loss": "final_train_loss", "train_recon": "final_train_recon",
-                     "train_kl": "final_train_kl", "val_psnr_1step": "final_val_psnr_1step"}
 FRAME_WINDOW = 100  # the lab report's "first / last 100 frames"
-PSNR_COLUMNS = ("final_val_psnr", "best_val_psnr")
-ONE_STEP = "final_val_psnr_1step"
+# the metrics every table has, each's final value and, where it has one, its best epoch's
+SUMMARIZED = tuple(column for metric in EPOCH_METRICS if metric.summarized
+                   for column in (metric.final_column, *([metric.best_column] if metric.best_header else [])))
+ONE_STEP = ONE_STEP_PSNR.final_column
 GAIN = "gain_over_copy_first"  # final val PSNR minus copy-first, mean over seeds
 COUNTED = ("FAILED", "PRUNED")
 COUNTS = ("seeds", *(status.lower() for status in (*COUNTED, "RUNNING")))
@@ -26,7 +27,16 @@ DEVICE_HOURS = "device_hours"
 
 
 def objective_column(metric: str) -> str:
-    return OBJECTIVE_COLUMNS.get(metric, "final_val_psnr")
+    """The trials column holding the sweep's objective; a ReportError for a metric the schema does not know."""
+    if metric not in OBJECTIVES:
+        raise ReportError(f"the sweep's objective {metric!r} is not a metric this code knows "
+                          f"(one of {', '.join(OBJECTIVES)}); report it with the code that ran it")
+    return schema_column(metric)
+
+
+def unit(column: str) -> str:
+    """The unit of a trials column of a metric (`final_val_psnr` -> dB), '' for one without."""
+    return next((metric.unit for metric in EPOCH_METRICS if column in (metric.final_column, metric.best_column)), "")
 
 
 def frame_window(frames: pd.DataFrame) -> int:
@@ -38,29 +48,30 @@ def frame_window(frames: pd.DataFrame) -> int:
 
 def frame_means(frames: pd.DataFrame, window: int) -> pd.DataFrame:
     """Per trial: mean PSNR over its first `window` predicted frames and over its last `window`."""
+    first_column, last_column = _window_columns(window)
     last_frame = frames.groupby("run_id")["frame"].transform("max")
-    first = frames[frames["frame"] <= window].groupby("run_id")["psnr"].mean()
-    last = frames[frames["frame"] > last_frame - window].groupby("run_id")["psnr"].mean()
-    return pd.DataFrame({f"psnr_first_{window}": first, f"psnr_last_{window}": last}).reset_index()
+    first = frames[frames["frame"] <= window].groupby("run_id")[PSNR_FRAMES.column].mean()
+    last = frames[frames["frame"] > last_frame - window].groupby("run_id")[PSNR_FRAMES.column].mean()
+    return pd.DataFrame({first_column: first, last_column: last}).reset_index()
 
 
-def summary_table(trials: pd.DataFrame, frames: pd.DataFrame, metric: str = "val_psnr",
-                  direction: str = "maximize") -> pd.DataFrame:
+def summary_table(trials: pd.DataFrame, frames: pd.DataFrame, metric: str = VAL_PSNR.name,
+                  direction: str = VAL_PSNR.direction) -> pd.DataFrame:
     """One row per configuration, ranked by the objective's mean (configurations with no finished seed last).
 
     Columns: configuration, seeds (finished), failed, pruned, [running,] `<value>_mean` and `<value>_std`
-    for final and best val PSNR, the final one-step val PSNR, PSNR over the first and last `frame_window`
-    frames [and the objective when it is not a PSNR], gain_over_copy_first (NaN for runs logged before
+    for final and best val PSNR, the other SUMMARIZED metrics, PSNR over the first and last `frame_window`
+    frames [and the objective when it is none of these], gain_over_copy_first (NaN for runs logged before
     the baselines), epochs (mean over finished seeds), wall_seconds (mean of a finished trial),
     device_hours (`device_hours`), group.
     """
     window = frame_window(frames)
     objective = objective_column(metric)
-    values = [*PSNR_COLUMNS, ONE_STEP, f"psnr_first_{window}", f"psnr_last_{window}"]
+    values = [*SUMMARIZED, *_window_columns(window)]
     if objective not in values:
         values.append(objective)
     complete = trials[trials["status"] == "COMPLETE"].merge(frame_means(frames, window), on="run_id", how="left")
-    complete[GAIN] = complete["final_val_psnr"] - complete["copy_first"]  # per trial: its own video's baseline
+    complete[GAIN] = complete[VAL_PSNR.final_column] - complete["copy_first"]  # per trial: its own video's baseline
     by_config = complete.groupby("configuration", observed=False)
     table = by_config.agg(seeds=("seed", "nunique"), **{
         f"{value}_{stat}": (value, stat) for value in values for stat in ("mean", "std")},
@@ -105,9 +116,8 @@ def with_baselines(table: pd.DataFrame, trials: pd.DataFrame, baseline_frames: p
     copy_first, copy_previous = complete["copy_first"].mean(), complete["copy_previous"].mean()
     rows = []
     if not math.isnan(copy_first):
-        rows.append({"configuration": COPY_FIRST, "final_val_psnr_mean": copy_first,
-                     **{f"{column}_mean": windows.get(column, math.nan)
-                        for column in (f"psnr_first_{window}", f"psnr_last_{window}")}})
+        rows.append({"configuration": COPY_FIRST, f"{VAL_PSNR.final_column}_mean": copy_first,
+                     **{f"{column}_mean": windows.get(column, math.nan) for column in _window_columns(window)}})
     if not math.isnan(copy_previous):
         rows.append({"configuration": COPY_PREVIOUS, f"{ONE_STEP}_mean": copy_previous})
     if not rows:
@@ -123,11 +133,22 @@ def is_baseline(table: pd.DataFrame) -> pd.Series:
     return table["configuration"].isin((COPY_FIRST, COPY_PREVIOUS))
 
 
-HEADERS = {"final_val_psnr": "final val PSNR (dB)", "best_val_psnr": "best val PSNR (dB)",
-           GAIN: "gain over copy-first (dB)", ONE_STEP: "one-step val PSNR (dB)",
-           "final_train_loss": "final train loss", "final_train_recon": "final train recon",
-           "final_train_kl": "final train KL"}
-SOMETIMES = (GAIN, ONE_STEP)  # shown only when some row has a value: runs logged before them have none
+def _headers() -> dict[str, str]:
+    """Trials column -> header, in the schema's order, the gain over copy-first beside the PSNR it is a gain of."""
+    headers = {}
+    for metric in EPOCH_METRICS:
+        if metric.header:
+            headers[metric.final_column] = metric.header
+        if metric.best_header:
+            headers[metric.best_column] = metric.best_header
+        if metric is VAL_PSNR:
+            headers[GAIN] = "gain over copy-first (dB)"
+    return headers
+
+
+HEADERS = _headers()
+# shown always; the other columns only when some row has a value (runs logged before a metric existed have none)
+ALWAYS = (VAL_PSNR.final_column, VAL_PSNR.best_column)
 
 
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
@@ -137,8 +158,8 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     A configuration's missing value is `-`; in a baseline row, the cells that do not apply to it are empty.
     """
     window = table.attrs.get("frame_window", FRAME_WINDOW)
-    headers = {**HEADERS, f"psnr_first_{window}": f"PSNR frames 1-{window} (dB)",
-               f"psnr_last_{window}": f"PSNR last {window} frames (dB)"}
+    first, last = _window_columns(window)
+    headers = {**HEADERS, first: f"PSNR frames 1-{window} (dB)", last: f"PSNR last {window} frames (dB)"}
     baseline = is_baseline(table).tolist()
 
     def cells(show, *columns: str) -> list:
@@ -154,12 +175,17 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     for value, header in headers.items():
         if value == GAIN and _known(table, GAIN):
             shown[header] = cells(lambda gain: _number(gain, "{:+.2f}"), GAIN)
-        elif f"{value}_mean" in table and (value not in SOMETIMES or _known(table, f"{value}_mean")):
+        elif f"{value}_mean" in table and (value in ALWAYS or _known(table, f"{value}_mean")):
             shown[header] = cells(_mean_std, f"{value}_mean", f"{value}_std")
     shown["epochs"] = cells(_epochs, "epochs")
     shown["wall time / trial"] = cells(_duration, "wall_seconds")
     shown["device-hours"] = cells(hours_text, DEVICE_HOURS)
     return shown
+
+
+def _window_columns(window: int) -> tuple[str, str]:
+    """The columns of the mean PSNR over the first and over the last `window` frames."""
+    return f"{PSNR_FRAMES.column}_first_{window}", f"{PSNR_FRAMES.column}_last_{window}"
 
 
 def _known(table: pd.DataFrame, column: str) -> bool:

@@ -6,7 +6,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -49,12 +49,16 @@ class EpochReport:
     val_psnr_1step: float = math.nan  # mean PSNR of each frame predicted from the true frame before it
 
     def to_state(self) -> dict:
-        """Plain values, storable in a weights_only checkpoint."""
-        return {**asdict(self), "val_psnr_per_frame": self.val_psnr_per_frame.tolist()}
+        """Plain values, storable in a weights_only checkpoint: the per-frame arrays as lists."""
+        return {name: value.tolist() if isinstance(value, np.ndarray) else value for name, value in asdict(self).items()}
 
     @classmethod
     def from_state(cls, state: dict) -> "EpochReport":
-        return cls(**{**state, "val_psnr_per_frame": np.asarray(state["val_psnr_per_frame"])})
+        """The report `to_state` stored. A field the state lacks (it was written before the field existed) keeps its
+        default; one this code does not know (written by a newer one) is left out."""
+        known = {report_field.name for report_field in fields(cls)}
+        return cls(**{name: np.asarray(value) if isinstance(value, list) else value
+                      for name, value in state.items() if name in known})
 
 
 Callback = Callable[[EpochReport], "bool | None"]  # returns True to stop training

@@ -37,6 +37,9 @@ from cvae.train import EpochReport, History, fit, precision, resolve_device, sam
 from cvae.video import save_gif, side_by_side, to_uint8
 from experiments.errors import one_line
 from experiments.provenance import collect, data_set
+from experiments.schema import (ERROR_ATTR, GPU, GROUP_KEY, GROUP_LABEL, LAUNCH, LAUNCH_TAG, MLFLOW_RUN_ID, PRECISION,
+                                RESUMED_FROM, RESUMED_FROM_TAG, SEED_TAG, SWEEP_NAME, TRIAL_DIR, TRIAL_DIR_ATTR,
+                                TRIAL_NUMBER, WORKER, objective_metric)
 from experiments.spec import SweepSpec, group_key, group_label, train_config
 from experiments.study import holder, suggest
 from experiments.tracking import ParentRun, TrialRun, log_dataset, provenance_tags
@@ -71,16 +74,16 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         overrides, seed = suggest(self.spec, trial)
         cfg = trial_config(self.spec, trial, overrides, seed, self.runs_dir, self.gpu)
-        trial.set_user_attr("trial_dir", cfg.save_root)
+        trial.set_user_attr(TRIAL_DIR_ATTR, cfg.save_root)
         run = None
-        tags = {"optuna.trial_number": str(trial.number), "sweep.name": self.spec.name,
-                "sweep.group_key": group_key(overrides), "sweep.group_label": group_label(overrides),
-                "sweep.seed": str(seed), "sweep.worker": str(self.worker),
-                "sweep.gpu": "cpu" if self.gpu is None else str(self.gpu), "sweep.trial_dir": cfg.save_root,
-                "sweep.launch": self.launch, "sweep.precision": precision(cfg, resolve_device(cfg)),
+        tags = {TRIAL_NUMBER: str(trial.number), SWEEP_NAME: self.spec.name,
+                GROUP_KEY: group_key(overrides), GROUP_LABEL: group_label(overrides),
+                SEED_TAG: str(seed), WORKER: str(self.worker),
+                GPU: "cpu" if self.gpu is None else str(self.gpu), TRIAL_DIR: cfg.save_root,
+                LAUNCH_TAG: self.launch, PRECISION: precision(cfg, resolve_device(cfg)),
                 **self.provenance}
         try:
-            trial.set_user_attr("launch", self.launch)
+            trial.set_user_attr(LAUNCH, self.launch)
             if self.spec.is_grid and (other := holder(trial.study, trial)) is not None:
                 raise DuplicateCell(f"cell already {other.state.name} in trial {other.number}")
             resume = self._resume_point(cfg) if self.spec.is_grid else None
@@ -89,11 +92,11 @@ class Objective:
                 run = TrialRun.start(self.client, self.parent, f"{group_label(overrides)} | seed {seed}", cfg, tags)
             else:
                 path, state, run_id = resume
-                tags["sweep.resumed_from"] = f"{path.name} (epoch {state['epoch']})"
+                tags[RESUMED_FROM_TAG] = f"{path.name} (epoch {state['epoch']})"
                 reports = [EpochReport.from_state(report) for report in state["history"]]
                 run = TrialRun.resume(self.client, run_id, tags, reports)
-                trial.set_user_attr("resumed_from", str(path))
-            trial.set_user_attr("mlflow_run_id", run.run_id)
+                trial.set_user_attr(RESUMED_FROM, str(path))
+            trial.set_user_attr(MLFLOW_RUN_ID, run.run_id)
             value = self._train(trial, cfg, run, None if resume is None else resume[0])
             run.end("COMPLETE")
             return value
@@ -116,7 +119,7 @@ class Objective:
         earlier = self.client.search_runs(
             [self.parent.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}' and "
-                          f"tags.`sweep.trial_dir` = '{cfg.save_root}' and attributes.status != 'FINISHED'")
+                          f"tags.`{TRIAL_DIR}` = '{cfg.save_root}' and attributes.status != 'FINISHED'")
         if not earlier:
             return None
         log.warning("%s: resuming from %s (epoch %d of %d)", cfg.save_root, path.name, state["epoch"], cfg.num_epoch)
@@ -137,7 +140,7 @@ class Objective:
         save_root = Path(cfg.save_root)
         csv = save_psnr_csv(save_root / "val_psnr_per_frame.csv", history.epochs[-1].val_psnr_per_frame)
         gif = save_rollout_gif(save_root / "val_rollout.gif", history.best_checkpoint, data)
-        run.log_final(history.epochs[-1].val_psnr_per_frame, {
+        run.log_final(history.epochs[-1], {
             "val_psnr_per_frame.csv": csv, "val_rollout.gif": gif, "checkpoints/best.ckpt": history.best_checkpoint})
         return value
 
@@ -153,7 +156,7 @@ class Objective:
         """Say why the trial failed in its user attrs and run; never let that hide the error itself."""
         message = describe_error(err)
         try:
-            trial.set_user_attr("error", message)
+            trial.set_user_attr(ERROR_ATTR, message)
             if run is None:
                 return
             if not isinstance(err, (CVAEError, KeyboardInterrupt, torch.OutOfMemoryError)):
@@ -195,16 +198,17 @@ def trial_folder(spec: SweepSpec, trial: optuna.Trial, overrides: dict[str, Any]
     return f"trial{trial.number:04d}"
 
 
-def epoch_field(metric: str) -> str:
-    """The EpochReport field a metric is made of: `best_val_psnr` is the best epoch's `val_psnr`."""
-    return metric.removeprefix("best_")
+def epoch_field(objective: str) -> str:
+    """The EpochReport field an objective is made of: `best_val_psnr` is the best epoch's `val_psnr`."""
+    return objective_metric(objective).name
 
 
-def objective_value(metric: str, history: History) -> float:
-    """The value a trial returns: the last epoch's, or for `best_...` the best epoch's."""
-    if metric == "best_val_psnr":
-        return history.best_val_psnr
-    return float(getattr(history.epochs[-1], metric))
+def objective_value(objective: str, history: History) -> float:
+    """The value a trial returns: the last epoch's, or for `best_...` the best epoch's (by the metric's direction)."""
+    metric = objective_metric(objective)
+    if objective == metric.best_column:
+        return metric.best(float(getattr(report, metric.name)) for report in history.epochs)
+    return float(getattr(history.epochs[-1], metric.name))
 
 
 def describe_error(err: BaseException) -> str:

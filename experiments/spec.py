@@ -53,6 +53,7 @@ import yaml
 from cvae.config import TrainConfig, UniqueKeyLoader
 from cvae.errors import ConfigError
 from experiments.errors import SpecError, one_line, show
+from experiments.schema import OBJECTIVES
 
 TOP_KEYS = ("name", "base", "parameters", "grid", "seeds", "sampler", "pruner", "n_trials",
             "objective", "execution", "storage", "mlflow")
@@ -65,9 +66,8 @@ SAMPLERS = {"grid": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESam
 PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
            "hyperband": optuna.pruners.HyperbandPruner}
 DIRECTIONS = ("maximize", "minimize")
-# What a trial can return, with its usual direction: the last epoch's value, or the best epoch's PSNR.
-METRICS = {"val_psnr": "maximize", "best_val_psnr": "maximize", "val_psnr_1step": "maximize",
-           "train_loss": "minimize", "train_recon": "minimize", "train_kl": "minimize"}
+# What a trial can return, with its usual direction (experiments.schema declares them).
+METRICS = OBJECTIVES
 DEFAULT_SEEDS = (1,)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_GRID_TRIALS = 2000  # validating a cell builds a TrainConfig; a bigger grid is a typo or wants sampling

@@ -43,6 +43,9 @@ from optuna.trial import FrozenTrial, TrialState
 from cvae.config import LEGACY_VALUES, TrainConfig
 from experiments.errors import SpecError, SweepError, one_line, os_reason, show
 from experiments.launch_files import storage_file
+# the user attrs that resuming reads, on a trial (seed, group, ...) and on the study (sweep id, config)
+from experiments.schema import (ERROR_ATTR as ERROR, GROUP, LAUNCH, MLFLOW_RUN_ID, SEED, SWEEP_CONFIG,
+                                SWEEP_ID_ATTR as SWEEP_ID)
 from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group_label, trial_plan
 
 HEARTBEAT_S = 60
@@ -51,11 +54,6 @@ GRACE_S = 120
 HEARTBEAT_ENV, GRACE_ENV = "SWEEP_HEARTBEAT_S", "SWEEP_GRACE_S"
 MAX_RETRY = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# The user attrs that resuming reads. On a trial: its seed and group_key, queued with a grid cell (set by
-# `suggest` on a sampled trial; see is_sweep_trial); the objective's launch_id, MLflow run and error.
-SEED, GROUP, LAUNCH, MLFLOW_RUN_ID, ERROR = "seed", "group", "launch", "mlflow_run_id", "error"
-# On the study: the id its MLflow parent run is tagged with, and the base it was run with.
-SWEEP_ID, SWEEP_CONFIG = "sweep_id", "sweep_config"
 log = logging.getLogger(__name__)
 
 

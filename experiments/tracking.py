@@ -39,32 +39,18 @@ from cvae.metrics import CopyBaselines
 from cvae.train import EpochReport
 from experiments.errors import SweepError, one_line
 from experiments.provenance import Provenance, collect
+from experiments import schema
+from experiments.schema import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC,
+                                DEVICE_SECONDS_METRIC, ERROR, FRAME_METRICS, GIT_DIRTY, HOST_DEVICE, HOST_NAME,
+                                IS_PARENT, LAUNCH_TAG, STATUS, SWEEP_ID, TRIAL_NUMBER, VERSION_TAG)
 
-SWEEP_ID = "sweep.id"
-IS_PARENT = "sweep.parent"
-STATUS = "sweep.status"  # a child run's Optuna state (RUNNING, COMPLETE, FAILED, PRUNED), beside MLflow's status
-ERROR = "sweep.error"
 RUN_STATUS = {"COMPLETE": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED"}
-ONE_STEP_METRIC = "val/psnr_1step"  # each validation frame predicted from the true frame before it
-# metric name -> EpochReport field, logged with step=epoch (0-based, as in the report)
-EPOCH_METRICS = {"train/loss": "train_loss", "train/recon": "train_recon", "train/kl": "train_kl",
-                 "kl_beta": "kl_beta", "tfr": "tfr", "lr": "lr", "val/psnr": "val_psnr",
-                 ONE_STEP_METRIC: "val_psnr_1step", "epoch_seconds": "epoch_seconds"}
-FRAME_METRIC = "val/psnr_frame"  # step = frame number, 1..T-1, as in the CSV
-# the copy baselines of the validation video, logged once per trial
-COPY_FIRST_METRIC = "baseline/copy_first"  # step 0: the mean over frames 1..T-1
-COPY_PREVIOUS_METRIC = "baseline/copy_previous"  # step 0: the mean over frames 1..T-1
-BASELINE_METRICS = {COPY_FIRST_METRIC: "first_mean", COPY_PREVIOUS_METRIC: "previous_mean"}  # -> CopyBaselines
-COPY_FIRST_FRAME_METRIC = "baseline/copy_first_frame"  # step = frame number, 1..T-1, as FRAME_METRIC
-RUN_METRICS = (*EPOCH_METRICS, FRAME_METRIC, *BASELINE_METRICS, COPY_FIRST_FRAME_METRIC)  # logged once per step
-# the wall time a trial held its device (HOST_DEVICE names it), from its run's start to its end, summed over the
-# attempts at it: step = attempt (0, then 1 for the first resume, ...), so the latest value is the total
-DEVICE_SECONDS_METRIC = "cost/device_seconds"
-# where a run came from, besides MLflow's mlflow.source.name/.type and mlflow.source.git.commit/.branch
-GIT_DIRTY = "git.dirty"  # "true" when the code had uncommitted changes, "false", or "unknown" without git
-VERSION_TAG = "version.{}"  # version.python, version.torch, version.cuda, version.optuna, version.mlflow
-HOST_NAME = "host.name"
-HOST_DEVICE = "host.device"  # a trial's device: the GPU's model (NVIDIA H200) or the CPU's; absent on the parent
+# MLflow key -> EpochReport field, logged with step=epoch (0-based, as in the report)
+EPOCH_METRICS = {metric.key: metric.name for metric in schema.EPOCH_METRICS}
+# MLflow key -> CopyBaselines attribute, logged once per trial at step 0
+BASELINE_METRICS = {COPY_FIRST_METRIC: "first_mean", COPY_PREVIOUS_METRIC: "previous_mean"}
+RUN_METRICS = (*EPOCH_METRICS, *(metric.key for metric in FRAME_METRICS), *BASELINE_METRICS,
+               COPY_FIRST_FRAME_METRIC)  # logged once per step
 DATA_CONTEXT = "training"  # the data set's mlflow.data.context: it holds the training clips and validation video
 EXPERIMENT_KIND = "mlflow.experimentKind"  # an experiment's kind, as MLflow's UI records it when a user picks one
 TRAINING_KIND = "custom_model_development"  # the UI's "Machine learning" kind, not GenAI
@@ -205,9 +191,9 @@ def close_orphans(parent: ParentRun, why: str, launch: str | None = None,
     client = MlflowClient(parent.tracking_uri)
     orphans = client.search_runs([parent.experiment_id], filter_string=(
         f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.run_id}' and attributes.status = 'RUNNING'"
-        + ("" if launch is None else f" and tags.`sweep.launch` = '{launch}'")))
+        + ("" if launch is None else f" and tags.`{LAUNCH_TAG}` = '{launch}'")))
     alive = {str(number) for number in running()}
-    orphans = [run for run in orphans if run.data.tags.get("optuna.trial_number") not in alive]
+    orphans = [run for run in orphans if run.data.tags.get(TRIAL_NUMBER) not in alive]
     for run in orphans:
         _retry(client.log_batch, run.info.run_id, tags=_tags({STATUS: "FAILED", ERROR: why}))
         _retry(client.set_terminated, run.info.run_id, status="KILLED")
@@ -290,12 +276,14 @@ class TrialRun:
                  for name, field in BASELINE_METRICS.items() if 0 not in self.logged.get(name, ())]
         self._log_metrics(means + self._per_frame(COPY_FIRST_FRAME_METRIC, baselines.first, now))
 
-    def log_final(self, psnr_per_frame: np.ndarray, artifacts: Mapping[str, Path]) -> None:
-        """The final validation's PSNR per frame as `val/psnr_frame` (step = frame), and files as artifacts.
+    def log_final(self, report: EpochReport, artifacts: Mapping[str, Path]) -> None:
+        """The final epoch's per-frame metrics (`val/psnr_frame`, ...; step = frame), and files as artifacts.
 
         `artifacts` maps an artifact path (`checkpoints/best.ckpt`) to the local file to upload.
         """
-        self._log_metrics(self._per_frame(FRAME_METRIC, psnr_per_frame, _now_ms()))
+        now = _now_ms()
+        self._log_metrics([metric for frame_metric in FRAME_METRICS
+                           for metric in self._per_frame(frame_metric.key, getattr(report, frame_metric.name), now)])
         for artifact_path, local in artifacts.items():
             folder = str(Path(artifact_path).parent)
             if Path(artifact_path).name != local.name:

@@ -128,9 +128,10 @@ def log_trial(client: MlflowClient, parent, number: int, lr: float, seed: int, p
     if baselines is not None:
         run.log_baselines(baselines)
     for epoch, (psnr, one_step) in enumerate(zip(psnrs, one_steps)):
-        run(EpochReport(epoch, 1.0, 1.0, 0.0, 1.0, 1.0, lr, psnr, np.full(3, psnr), 1.0,
-                        float("nan") if old else one_step))
-    run.log_final(np.full(3, psnrs[-1]), {})
+        report = EpochReport(epoch, 1.0, 1.0, 0.0, 1.0, 1.0, lr, psnr, np.full(3, psnr), 1.0,
+                             float("nan") if old else one_step)
+        run(report)
+    run.log_final(report, {})
     if old:
         client.set_tag(run.run_id, STATUS, "COMPLETE")
         client.set_terminated(run.run_id, "FINISHED")
@@ -382,6 +383,12 @@ def test_summary_table_ranks_configurations_and_counts_failures_apart(ablation):
     assert shown.loc[2, "final val PSNR (dB)"] == "-" and shown.loc[2, "failed"] == 2
 
 
+def test_an_objective_the_schema_does_not_know_is_an_error_not_the_psnr():
+    assert tables.objective_column("val_psnr_1step") == "final_val_psnr_1step"
+    with pytest.raises(ReportError, match="objective 'val_fid' is not a metric this code knows \\(one of val_psnr"):
+        tables.objective_column("val_fid")
+
+
 def test_the_table_gains_over_copy_first_and_ends_with_the_baselines(known):
     table = tables.with_baselines(tables.summary_table(known.trials, known.frames), known.trials, known.baseline_frames)
     assert table["configuration"].tolist() == [AHEAD, BEHIND, "copy first frame", "copy previous frame"]
@@ -571,8 +578,8 @@ def assert_legend_below_axes(fig) -> None:
     assert all(top <= ax.get_window_extent().y0 for ax in fig.axes)
 
 
-def test_psnr_per_frame_has_a_line_and_a_seed_band_per_configuration(ablation, colours):
-    fig = figures.psnr_per_frame(finished(ablation.frames), colours)
+def test_the_per_frame_psnr_has_a_line_and_a_seed_band_per_configuration(ablation, colours):
+    fig = figures.per_frame(finished(ablation.frames), colours)
     [ax] = fig.axes
     assert line_colours(ax) == [colours[CYCLICAL], colours[MONOTONIC]]
     assert [line.get_xdata().tolist() for line in ax.get_lines()] == [list(range(1, 8))] * 2
@@ -622,7 +629,7 @@ GREY = to_rgb("0.5")
 
 def test_the_copy_baselines_are_dashed_grey_references(known):
     colours = figures.palette(known.configurations)
-    fig = figures.psnr_per_frame(known.frames, colours, known.baseline_frames)
+    fig = figures.per_frame(known.frames, colours, known.baseline_frames)
     [ax] = fig.axes
     *_, copy_first = ax.get_lines()
     assert copy_first.get_ydata().tolist() == [21.0, 20.0, 19.0] and copy_first.get_xdata().tolist() == [1, 2, 3]
@@ -642,7 +649,7 @@ def test_the_copy_baselines_are_dashed_grey_references(known):
 
 def test_runs_logged_before_the_baselines_draw_no_reference(old):
     colours = figures.palette(old.configurations)
-    fig = figures.psnr_per_frame(old.frames, colours, old.baseline_frames)
+    fig = figures.per_frame(old.frames, colours, old.baseline_frames)
     assert GREY not in line_colours(fig.axes[0]) and legend_labels(fig) == [AHEAD, BEHIND]
     fig = figures.val_psnr_curves(old.epochs, colours, copy_first=float("nan"), copy_previous=float("nan"))
     [ax] = fig.axes  # no one-step panel either

@@ -16,9 +16,10 @@ from cvae.metrics import CopyBaselines
 from cvae.train import EpochReport
 from experiments.errors import SweepError
 from experiments.provenance import Provenance
-from experiments.tracking import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC,
-                                  DEVICE_SECONDS_METRIC, ONE_STEP_METRIC, TrialRun, artifact_root, close_orphans,
-                                  finish_parent, log_dataset, open_parent_run, provenance_tags)
+from experiments.schema import (COPY_FIRST_FRAME_METRIC, COPY_FIRST_METRIC, COPY_PREVIOUS_METRIC,
+                                DEVICE_SECONDS_METRIC, ONE_STEP_PSNR)
+from experiments.tracking import (TrialRun, artifact_root, close_orphans, finish_parent, log_dataset, open_parent_run,
+                                  provenance_tags)
 
 
 @pytest.fixture
@@ -67,10 +68,12 @@ def test_a_trial_run_logs_its_config_epochs_and_final_frames(tmp_path, uri):
     client = MlflowClient(uri)
     run = TrialRun.start(client, parent, "name | seed 1", cfg, tags={"sweep.seed": "1"})
     for epoch in range(2):
-        run(EpochReport(epoch, 1.0 - epoch, 0.5, 0.25, 1.0, 0.5, 1e-3, 20.0 + epoch, np.zeros(3), 2.0, 25.0 + epoch))
+        report = EpochReport(epoch, 1.0 - epoch, 0.5, 0.25, 1.0, 0.5, 1e-3, 20.0 + epoch, np.linspace(30.0, 20.0, 1500),
+                             2.0, 25.0 + epoch)
+        run(report)
     file = tmp_path / "val_rollout.gif"
     file.write_bytes(b"GIF89a")
-    run.log_final(np.linspace(30.0, 20.0, 1500), {"gifs/val_rollout.gif": file})
+    run.log_final(report, {"gifs/val_rollout.gif": file})
     run.end("COMPLETE")
 
     logged = client.get_run(run.run_id)
@@ -128,7 +131,7 @@ def test_a_report_from_a_checkpoint_older_than_the_one_step_psnr_logs_no_nan(uri
     run = TrialRun.start(client, parent, "n | seed 1", TrainConfig(), tags={})
     run(EpochReport(0, 1.0, 0.5, 0.25, 1.0, 0.5, 1e-3, 20.0, np.zeros(3), 2.0))  # val_psnr_1step: NaN by default
     run(EpochReport(1, 1.0, 0.5, 0.25, 1.0, 0.5, 1e-3, 21.0, np.zeros(3), 2.0, 27.5))
-    assert history(client, run.run_id, ONE_STEP_METRIC) == [(1, 27.5)]
+    assert history(client, run.run_id, ONE_STEP_PSNR.key) == [(1, 27.5)]
     assert history(client, run.run_id, "val/psnr") == [(0, 20.0), (1, 21.0)]
 
 

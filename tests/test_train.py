@@ -1,6 +1,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,8 @@ from cvae.config import TrainConfig
 from cvae.data import load_video_data
 from cvae.errors import CheckpointError, TrainingDiverged
 from cvae.model import VideoCVAE
-from cvae.train import compile_fallback, compile_modules, fit, kl_term, native_bf16, validate, validate_one_step
+from cvae.train import (EpochReport, compile_fallback, compile_modules, fit, kl_term, native_bf16, validate,
+                        validate_one_step)
 
 TINY = dict(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16, train_vi_len=4, val_vi_len=8, batch_size=4,
             kl_anneal_cycle=2, tfr=0.5, tfr_sde=0, tfr_d_step=0.1, per_save=1, seed=3)
@@ -20,6 +22,19 @@ def tiny(small_dataset, tmp_path):
     def make(**changes):
         return TrainConfig(**{"DR": str(small_dataset), "save_root": str(tmp_path / "run"), **TINY, **changes})
     return make
+
+
+def test_an_epoch_report_is_stored_as_plain_values_and_read_back_by_name():
+    report = EpochReport(epoch=2, train_loss=1.0, train_recon=0.5, train_kl=0.25, kl_beta=1.0, tfr=0.5, lr=1e-3,
+                         val_psnr=21.0, val_psnr_per_frame=np.array([22.0, 20.0]), epoch_seconds=3.0, val_psnr_1step=30.0)
+    state = report.to_state()
+    assert state["val_psnr_per_frame"] == [22.0, 20.0]
+    again = EpochReport.from_state(state)
+    assert again.val_psnr_per_frame.tolist() == [22.0, 20.0] and again.val_psnr_1step == 30.0
+    # written before val_psnr_1step existed: its default; a field of newer code: left out
+    older = EpochReport.from_state({key: value for key, value in state.items() if key != "val_psnr_1step"})
+    assert math.isnan(older.val_psnr_1step)
+    assert EpochReport.from_state({**state, "val_fid": 3.0}).val_psnr == 21.0
 
 
 def weights(path):

@@ -11,6 +11,11 @@ trials again. Killed outright (kill -9), its workers notice within a second and 
 they exit. A worker process that dies (out of memory) stops the launch with one line; the next
 launch fails and reruns what it left RUNNING.
 
+With adaptive seeds (`experiments.replicates`) a launch runs in rounds: once the workers have emptied the
+queue, the launcher prepares the study again, which queues the next round, and starts workers for it; a
+trial that failed ends the rounds for this launch (the next launch runs it again, then the rounds go on).
+The study's `adaptive_seeds` user attr is brought up to date at the end of every launch.
+
 Several launchers may share a study on a database server (`--storage postgresql://...`): each stops
 only its own trials (their `launch` user attr), and the trials of one that was killed with its workers
 are failed and queued again once their heartbeat is stale (`experiments.study`). A journal or SQLite
@@ -38,14 +43,15 @@ from tqdm.auto import tqdm
 from cvae.config import TrainConfig
 from cvae.data import load_video_data
 from cvae.synthetic import ensure_dataset
+from experiments import replicates
 from experiments.errors import SpecError, SweepError
 from experiments.gpu_memory import auto_trials_per_gpu
 from experiments.objective import DATA_FIELDS
 from experiments.spec import (DEFAULT_TRACKING_URI, URL, Execution, SweepSpec, group_key, group_label, train_config,
                               trial_plan)
 from experiments.launch_files import check_journal, check_tracking_db, check_tracking_kept, hold_storage
-from experiments.study import (ERROR, MLFLOW_RUN_ID, SEED, Progress, fail_running, find_study, launch_id, open_study,
-                               progress, start_launch, summary_table, sweep_id)
+from experiments.study import (ERROR, MLFLOW_RUN_ID, SEED, Launch, Progress, adaptive_plan, fail_running, find_study,
+                               launch_id, open_study, progress, record_savings, start_launch, summary_table, sweep_id)
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
 from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
 
@@ -115,7 +121,11 @@ def describe_plan(spec: SweepSpec) -> str:
     """What `--dry-run` prints: the table of trials, their count and where they would run."""
     table = plan_table(spec)
     table.index.name = "trial"
-    if spec.is_grid:
+    if spec.adaptive:
+        most = len(spec.cells) * spec.adaptive.max
+        count = (f"{len(table)} trials now ({len(spec.cells)} configurations x {spec.adaptive.initial} seeds), "
+                 f"up to {most} (x {spec.adaptive.max} seeds) while configurations are not separated from the best")
+    elif spec.is_grid:
         full = len(spec.cells) * len(spec.seeds)
         count = f"{len(table)} trials: {len(spec.cells)} configurations x {len(spec.seeds)} seeds"
         count += f" (the first {len(table)} of {full})" if len(table) < full else ""
@@ -156,6 +166,7 @@ class Outcome:
     interrupted: bool
     parent: ParentRun | None
     seconds: float
+    savings: replicates.Savings | None  # with adaptive seeds: what the rounds ran and saved so far
 
     @property
     def complete(self) -> bool:
@@ -193,8 +204,11 @@ def _launch_held(spec: SweepSpec, started: float) -> Outcome:
     before = progress(spec, study)
     log.info("study %s in %s: %d of %d trials done, %d to run", spec.name, spec.storage, before.done,
              before.total, share.budget)
+    if spec.adaptive:
+        log.info("%s", replicates.describe(spec, adaptive_plan(spec, study)))
     if share.budget == 0:
-        return Outcome(spec, before, summary_table(spec, study), (), False, None, time.perf_counter() - started)
+        return Outcome(spec, before, summary_table(spec, study), (), False, None, time.perf_counter() - started,
+                       _savings(spec, study))
     gpus = resolve_gpus(spec.execution)
     execution = sized_execution(spec, gpus)  # before the parent run, so a failed measurement leaves none open
     parent = open_parent_run(spec.tracking_uri, spec.name, sweep_id(study), tags=_parent_tags(spec),
@@ -202,18 +216,14 @@ def _launch_held(spec: SweepSpec, started: float) -> Outcome:
     if close_orphans(parent, "its worker stopped before the trial ended", running=lambda: [
             trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]):
         log.info("MLflow: closed the runs an earlier launch left RUNNING")
-    slots = worker_gpus(execution, gpus)[:share.budget]
-    runs_dir = (RUNS_DIR / spec.name).resolve()
-    threads = max(1, cpu_count() // len(slots))
-    jobs = [WorkerJob(spec, str(runs_dir), parent, share, slot, gpu, threads, os.getpid())
-            for slot, gpu in enumerate(slots)]
-    log.info("workers: %d (%s), %d torch thread%s each; trials in %s", len(jobs),
-             ", ".join("cpu" if gpu is None else f"GPU {gpu}" for gpu in slots), threads,
-             "" if threads == 1 else "s", runs_dir / "trials")
     watcher = _Watcher(spec, study, before)
     interrupted = False
     try:
-        _run_workers(jobs, watcher)
+        with tqdm(total=before.total, initial=before.done, desc=spec.name, smoothing=0,
+                  bar_format="{desc}: {n}/{total} trials |{bar}| {elapsed}<{remaining}{postfix}") as bar:
+            while share is not None:
+                _run_workers(_worker_jobs(spec, execution, gpus, parent, share), watcher, bar)
+                share = _next_round(spec, study, watcher, bar)
     except KeyboardInterrupt:
         interrupted = True
     except BaseException as err:
@@ -230,7 +240,42 @@ def _launch_held(spec: SweepSpec, started: float) -> Outcome:
     table = summary_table(spec, study)
     finish_parent(parent, complete=after.done >= after.total, interrupted=interrupted,
                   summary_csv=table.to_csv(index=False))
-    return Outcome(spec, after, table, tuple(watcher.failed), interrupted, parent, time.perf_counter() - started)
+    return Outcome(spec, after, table, tuple(watcher.failed), interrupted, parent, time.perf_counter() - started,
+                   _savings(spec, study))
+
+
+def _worker_jobs(spec: SweepSpec, execution: Execution, gpus: list[int], parent: ParentRun,
+                 share: Launch) -> list[WorkerJob]:
+    """One job per worker slot, and no more jobs than the share has trials."""
+    slots = worker_gpus(execution, gpus)[:share.budget]
+    runs_dir = (RUNS_DIR / spec.name).resolve()
+    threads = max(1, cpu_count() // len(slots))
+    log.info("workers: %d (%s), %d torch thread%s each; trials in %s", len(slots),
+             ", ".join("cpu" if gpu is None else f"GPU {gpu}" for gpu in slots), threads,
+             "" if threads == 1 else "s", runs_dir / "trials")
+    return [WorkerJob(spec, str(runs_dir), parent, share, slot, gpu, threads, os.getpid())
+            for slot, gpu in enumerate(slots)]
+
+
+def _next_round(spec: SweepSpec, study, watcher: "_Watcher", bar: tqdm) -> Launch | None:
+    """This launch's share of the next round of adaptive seeds; None without adaptive seeds, after a failed
+    trial (the next launch reruns it), or when no round is left.
+
+    On a shared study other launchers may still be running trials of the current round: it waits for them.
+    """
+    while spec.adaptive is not None and not watcher.failed:
+        share = start_launch(spec, study)
+        if share.budget:
+            log.info("%s", replicates.describe(spec, adaptive_plan(spec, study)))
+            return share
+        if not watcher.update(bar).running:
+            break
+        time.sleep(POLL_S)
+    return None
+
+
+def _savings(spec: SweepSpec, study) -> replicates.Savings | None:
+    return record_savings(spec, study) if spec.adaptive else None
 
 
 def sized_execution(spec: SweepSpec, gpus: list[int]) -> Execution:
@@ -260,22 +305,21 @@ def check_data(spec: SweepSpec) -> None:
         load_video_data(cfg)
 
 
-def _run_workers(jobs: list[WorkerJob], watcher: "_Watcher") -> None:
+def _run_workers(jobs: list[WorkerJob], watcher: "_Watcher", bar: tqdm) -> None:
     """Start a loky process per job and watch the study until all have returned.
 
-    On Ctrl-C the workers stop their trials themselves (`_stop_workers`); on any other error they are killed.
+    A new pool each time: a process keeps the GPU its first job bound. On Ctrl-C the workers stop their
+    trials themselves (`_stop_workers`); on any other error they are killed.
     """
     executor = ProcessPoolExecutor(max_workers=len(jobs))
     futures = [executor.submit(run_worker, job) for job in jobs]
     try:
-        with tqdm(total=watcher.start.total, initial=watcher.start.done, desc=watcher.spec.name, smoothing=0,
-                  bar_format="{desc}: {n}/{total} trials |{bar}| {elapsed}<{remaining}{postfix}") as bar:
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
-                watcher.update(bar)
-                for future in done:
-                    future.result()  # a worker's own error (not a trial's) ends the launch
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+            watcher.update(bar)
+            for future in done:
+                future.result()  # a worker's own error (not a trial's) ends the launch
     except KeyboardInterrupt:
         _stop_workers(executor, futures)
         raise
@@ -306,11 +350,12 @@ class _Watcher:
     """Reads the study for the progress bar and reports each trial that fails, once."""
 
     def __init__(self, spec: SweepSpec, study, start: Progress):
-        self.spec, self.study, self.start = spec, study, start
+        self.spec, self.study = spec, study
         self.known = {trial.number for trial in start.failed}
         self.failed: list[FailedTrial] = []
 
-    def update(self, bar: tqdm) -> None:
+    def update(self, bar: tqdm) -> Progress:
+        """The study's progress, shown on the bar (whose total grows with the rounds of adaptive seeds)."""
         now = progress(self.spec, self.study)
         for trial in now.failed:
             if trial.number in self.known:
@@ -321,10 +366,12 @@ class _Watcher:
             self.failed.append(failed)
             log.warning("trial %d (%s, seed %s) FAILED: %s", failed.number, failed.configuration, failed.seed,
                         failed.error)
+        bar.total = now.total
         bar.update(now.done - bar.n)
         best = "-" if now.best is None else f"{now.best:.3f}"
         bar.set_postfix_str(f"running {now.running}, failed {len(self.failed)}, best {self.spec.metric} {best}",
                             refresh=True)
+        return now
 
 
 def _clean_up(study, parent: ParentRun, why: str) -> None:
@@ -370,6 +417,10 @@ def describe_outcome(outcome: Outcome, command: str) -> str:
         lines.append(f"interrupted. Completed trials are kept; resume with: {command}")
     elif not outcome.complete:
         lines.append(f"{done.total - done.done} trials still to run; run them with: {command}")
+    if outcome.savings is not None:
+        saved = outcome.savings
+        lines.append(f"adaptive seeds: {saved.trials} trials of the {saved.trials_at_max} that {saved.max_seeds} seeds "
+                     f"of every configuration would take; {saved.saved} saved" + ("" if saved.finished else " so far"))
     if outcome.parent is not None:
         ui = "mlflow ui" if spec.tracking_uri == absolute_location(DEFAULT_TRACKING_URI) else \
             f"mlflow ui --backend-store-uri {spec.tracking_uri}"

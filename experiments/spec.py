@@ -13,6 +13,8 @@ A spec (every key but `name` optional)::
       - {kl_anneal_type: Cyclical, kl_anneal_cycle: [10, 20]}
       - {kl_anneal_type: [Monotonic, None]}
     seeds: [1, 2, 3]               # replicates; a seed is never part of a configuration's identity
+    # or, grid only: seeds 1..max, the first `initial` for every configuration, then rounds (experiments.replicates)
+    # seeds: {initial: 3, max: 10, until: separated}
     sampler: grid                  # grid | tpe | random | qmc, or {type: tpe, seed: 0, n_startup_trials: 5}
     pruner: none                   # none | median | hyperband, or {type: median, n_warmup_steps: 10}
     n_trials: 24                   # required unless grid
@@ -27,6 +29,7 @@ configuration at least once; `n_trials`, if given, keeps the first n_trials of t
 sweep (tpe, random, qmc) runs n_trials trials, each one sampled configuration with one seed; the seed
 is not a dimension the sampler sees (TPE would learn which seed is lucky) but `seeds` cycled by trial
 number, so replicates stay balanced. How a plan becomes an Optuna study is `experiments.study`.
+With adaptive seeds the plan holds the initial seeds; the rounds after them depend on the trials' values.
 
 The parser never touches CUDA: `execution.gpus: auto` stays "auto" until `workers.resolve_gpus`, and
 `execution.trials_per_gpu: auto` until the launch measures a trial's memory (`experiments.gpu_memory`).
@@ -70,6 +73,9 @@ DIRECTIONS = ("maximize", "minimize")
 METRICS = OBJECTIVES
 DEFAULT_SEEDS = (1,)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ADAPTIVE_KEYS = ("initial", "max", "until")
+UNTIL = ("separated",)  # what ends a configuration's rounds (besides max): its interval against the best excludes 0
+MIN_INITIAL_SEEDS = 2  # a paired t interval needs 2 pairs
 MAX_GRID_TRIALS = 2000  # validating a cell builds a TrainConfig; a bigger grid is a typo or wants sampling
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -102,6 +108,16 @@ class Execution:
 
 
 @dataclass(frozen=True)
+class AdaptiveSeeds:
+    """`seeds: {initial, max, until}`: every configuration runs seeds 1..initial, then rounds add one seed at a time
+    to those not yet separated from the best, up to seed max (`experiments.replicates`)."""
+
+    initial: int
+    max: int
+    until: str
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A validated sweep. `cells` are the grid's configurations in spec order, () for sampled sweeps."""
 
@@ -110,7 +126,8 @@ class SweepSpec:
     base: dict[str, Any]
     parameters: tuple[Parameter, ...]
     cells: tuple[dict[str, Any], ...]
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # every seed a trial may have: with adaptive seeds 1..max
+    adaptive: AdaptiveSeeds | None
     sampler: str
     sampler_options: dict[str, Any]
     pruner: str
@@ -125,6 +142,11 @@ class SweepSpec:
     @property
     def is_grid(self) -> bool:
         return self.sampler == "grid"
+
+    @property
+    def first_seeds(self) -> tuple[int, ...]:
+        """The seeds every configuration runs: all of them, or with adaptive seeds the initial ones."""
+        return self.seeds[:self.adaptive.initial] if self.adaptive else self.seeds
 
 
 # ---------------------------------------------------------------- loading
@@ -146,13 +168,15 @@ def parse_spec(raw: Any, source: str = "spec") -> SweepSpec:
     if not isinstance(name, str) or not NAME.match(name):
         r.fail("name", f"{show(name)} is not a safe name (letters, digits, _ - . ; not starting with _ - .)")
     base = _parse_base(r, top.get("base"))
-    seeds = _parse_seeds(r, top.get("seeds", list(DEFAULT_SEEDS)))
+    seeds, adaptive = _parse_seeds(r, top.get("seeds", list(DEFAULT_SEEDS)))
     sampler, sampler_options = _parse_component(r, "sampler", top.get("sampler", "grid"), SAMPLERS)
     pruner, pruner_options = _parse_component(r, "pruner", top.get("pruner", "none"), PRUNERS)
     grid = sampler == "grid"
     if grid and pruner != "none":
         r.fail("pruner", "a grid sweep cannot use a pruner: a pruned cell would leave a hole in the grid "
                          "(remove it, or sample with tpe, random or qmc)")
+    if adaptive and not grid:
+        r.fail("seeds", f"adaptive seeds need sampler: grid, not {sampler} (a sampled sweep cycles a list of seeds)")
     canon = _Canon(r, base)
     parameters = _parse_parameters(r, top.get("parameters"), base, canon, grid)
     if grid:
@@ -163,10 +187,13 @@ def parse_spec(raw: Any, source: str = "spec") -> SweepSpec:
         if not parameters:
             r.fail("parameters", f"a {sampler} sweep needs at least one parameter to sample")
         cells = ()
-    n_trials = _parse_n_trials(r, top, len(cells) * len(seeds), len(seeds), grid, sampler)
+    if adaptive:
+        _check_adaptive(r, top, cells)
+    n_seeds = adaptive.initial if adaptive else len(seeds)
+    n_trials = _parse_n_trials(r, top, len(cells) * n_seeds, n_seeds, grid, sampler)
     metric, direction = _parse_objective(r, top.get("objective"))
     spec = SweepSpec(
-        name=name, source=source, base=base, parameters=parameters, cells=cells, seeds=seeds,
+        name=name, source=source, base=base, parameters=parameters, cells=cells, seeds=seeds, adaptive=adaptive,
         sampler=sampler, sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options,
         n_trials=n_trials, metric=metric, direction=direction,
         execution=_parse_execution(r, top.get("execution")),
@@ -288,13 +315,45 @@ def _parse_base(r: _Reader, raw: Any) -> dict[str, Any]:
     return {key: _plain(getattr(cfg, key)) for key in base}
 
 
-def _parse_seeds(r: _Reader, raw: Any) -> tuple[int, ...]:
+def _parse_seeds(r: _Reader, raw: Any) -> tuple[tuple[int, ...], AdaptiveSeeds | None]:
+    """A list of seeds, or adaptive seeds as the seeds 1..max they may use."""
+    if isinstance(raw, dict):
+        adaptive = _parse_adaptive_seeds(r, raw)
+        return tuple(range(1, adaptive.max + 1)), adaptive
     if not isinstance(raw, list) or not raw:
-        r.fail("seeds", f"expected a non-empty list of integers, e.g. [1, 2, 3], got {show(raw)}")
+        r.fail("seeds", f"expected a non-empty list of integers, e.g. [1, 2, 3], or adaptive seeds "
+                        f"{{initial: 3, max: 10, until: separated}}, got {show(raw)}")
     seeds = tuple(r.integer(seed, f"seeds[{i}]", 0) for i, seed in enumerate(raw))
     if len(set(seeds)) != len(seeds):
         r.fail("seeds", f"{list(seeds)} repeats a seed")
-    return seeds
+    return seeds, None
+
+
+def _parse_adaptive_seeds(r: _Reader, raw: dict) -> AdaptiveSeeds:
+    r.mapping(raw, "seeds")
+    r.known_keys(raw, "seeds", ADAPTIVE_KEYS, "key of adaptive seeds")
+    missing = [key for key in ADAPTIVE_KEYS if key not in raw]
+    if missing:
+        r.fail("seeds", f"adaptive seeds need {' and '.join(missing)} (e.g. {{initial: 3, max: 10, until: separated}})")
+    initial = r.integer(raw["initial"], "seeds.initial")
+    if initial < MIN_INITIAL_SEEDS:
+        r.fail("seeds.initial", f"must be >= {MIN_INITIAL_SEEDS} (a paired t interval needs {MIN_INITIAL_SEEDS} "
+                                f"seeds of each configuration), got {initial}")
+    most = r.integer(raw["max"], "seeds.max")
+    if most < initial:
+        r.fail("seeds.max", f"{most} is less than seeds.initial ({initial})")
+    if raw["until"] not in UNTIL:
+        r.fail("seeds.until", f"unknown {show(raw['until'])} (one of {', '.join(UNTIL)})")
+    return AdaptiveSeeds(initial=initial, max=most, until=raw["until"])
+
+
+def _check_adaptive(r: _Reader, top: dict, cells: tuple[dict[str, Any], ...]) -> None:
+    """Adaptive seeds compare a grid's configurations with its best, and decide for themselves how many trials run."""
+    if len(cells) < 2:
+        r.fail("seeds", f"adaptive seeds compare configurations and this grid has {len(cells)}; list its seeds instead")
+    if "n_trials" in top:
+        r.fail("n_trials", "adaptive seeds run as many trials as their rounds need (at most configurations x "
+                           "seeds.max); remove n_trials")
 
 
 def _parse_component(r: _Reader, section: str, raw: Any, kinds: Mapping[str, type]) -> tuple[str, dict]:
@@ -557,9 +616,12 @@ def grid_cells(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def trial_plan(spec: SweepSpec) -> list[tuple[dict[str, Any], int]]:
-    """Every (configuration, seed) to run, seed-major; a sampled sweep shows its distributions."""
+    """Every (configuration, seed) to run, seed-major; a sampled sweep shows its distributions.
+
+    With adaptive seeds, the initial seeds: the rounds after them depend on results (`experiments.replicates`).
+    """
     if spec.is_grid:
-        return [(dict(cell), seed) for seed in spec.seeds for cell in spec.cells][:spec.n_trials]
+        return [(dict(cell), seed) for seed in spec.first_seeds for cell in spec.cells][:spec.n_trials]
     sampled = {p.name: _describe(p) for p in spec.parameters}
     return [(dict(sampled), spec.seeds[i % len(spec.seeds)]) for i in range(spec.n_trials)]
 

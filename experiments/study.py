@@ -24,9 +24,14 @@ no `seed` user attr, which is how progress and results tell it from the sweep's 
 
 A sampled sweep has no queue: a launch may start as many trials as `prepare_study` said remain (its
 `Launch.budget`); one that fails is tried again, freshly sampled, by the next launch.
+
+With adaptive seeds a grid's plan grows in rounds (`experiments.replicates`), a pure function of the values of
+its COMPLETE trials (`planned_cells`): `prepare_study` queues what the current round misses, and the launcher
+prepares the study again after each round. The study's `adaptive_seeds` user attr says what the rounds saved.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +46,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from cvae.config import LEGACY_VALUES, TrainConfig
+from experiments import replicates
 from experiments.errors import SpecError, SweepError, one_line, os_reason, show
 from experiments.launch_files import storage_file
 # the user attrs that resuming reads, on a trial (seed, group, ...) and on the study (sweep id, config)
@@ -54,6 +60,8 @@ GRACE_S = 120
 HEARTBEAT_ENV, GRACE_ENV = "SWEEP_HEARTBEAT_S", "SWEEP_GRACE_S"
 MAX_RETRY = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# On the study: what adaptive seeds ran and saved, `replicates.Savings` as a dict (record_savings).
+ADAPTIVE_SEEDS = "adaptive_seeds"
 log = logging.getLogger(__name__)
 
 
@@ -178,8 +186,37 @@ def missing_cells(spec: SweepSpec, study: optuna.Study) -> list[tuple[dict[str, 
     """The grid's plan minus its COMPLETE trials, matched by configuration and seed."""
     if not spec.is_grid:
         raise ValueError("missing_cells needs a grid sweep; a sampled one has remaining_trials")
-    done = {_cell_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    return [(cell, seed) for cell, seed in trial_plan(spec) if (group_key(cell), seed) not in done]
+    done = complete_values(study)
+    return [(cell, seed) for cell, seed in planned_cells(spec, study) if (group_key(cell), seed) not in done]
+
+
+def planned_cells(spec: SweepSpec, study: optuna.Study) -> list[tuple[dict[str, Any], int]]:
+    """A grid's (configuration, seed) pairs to run, seed-major: its plan, or the rounds of adaptive seeds so far."""
+    if spec.adaptive is None:
+        return trial_plan(spec)
+    return replicates.planned_cells(spec, adaptive_plan(spec, study))
+
+
+def adaptive_plan(spec: SweepSpec, study: optuna.Study) -> replicates.Plan:
+    """The rounds of an adaptive grid, decided from the values of its COMPLETE trials."""
+    return replicates.plan(spec, complete_values(study))
+
+
+def complete_values(study: optuna.Study) -> dict[tuple[str, Any], float]:
+    """(group key, seed) -> value of each COMPLETE trial of the plan (of a cell finished twice, the first)."""
+    values: dict[tuple[str, Any], float] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if is_sweep_trial(trial):
+            values.setdefault(_cell_of(trial), trial.value)
+    return values
+
+
+def record_savings(spec: SweepSpec, study: optuna.Study) -> replicates.Savings:
+    """Keep what adaptive seeds saved as the study's ADAPTIVE_SEEDS user attr (written only when it changed)."""
+    saved = replicates.savings(spec, adaptive_plan(spec, study))
+    if study.user_attrs.get(ADAPTIVE_SEEDS) != dataclasses.asdict(saved):
+        study.set_user_attr(ADAPTIVE_SEEDS, dataclasses.asdict(saved))
+    return saved
 
 
 def _cell_of(trial: optuna.trial.FrozenTrial) -> tuple[str, Any]:
@@ -307,7 +344,8 @@ def sweep_id(study: optuna.Study) -> str:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a sweep stands: trials of the plan done (of `total`), running now, failed ever, best value."""
+    """Where a sweep stands: trials of the plan done (of `total`, the rounds so far with adaptive seeds), running
+    now, failed ever, best value."""
 
     done: int
     total: int
@@ -319,12 +357,13 @@ class Progress:
 def progress(spec: SweepSpec, study: optuna.Study) -> Progress:
     trials = [t for t in study.get_trials(deepcopy=False) if is_sweep_trial(t)]
     complete = [t.value for t in trials if t.state == TrialState.COMPLETE]
-    if spec.is_grid:
-        done = spec.n_trials - len(missing_cells(spec, study))
+    if spec.is_grid:  # with adaptive seeds the total grows with the rounds
+        planned, finished = planned_cells(spec, study), complete_values(study)
+        done, total = sum((group_key(cell), seed) in finished for cell, seed in planned), len(planned)
     else:
-        done = sum(t.state in FINISHED for t in trials)
+        done, total = sum(t.state in FINISHED for t in trials), spec.n_trials
     pick = max if spec.direction == "maximize" else min
-    return Progress(done=done, total=spec.n_trials, running=sum(t.state == TrialState.RUNNING for t in trials),
+    return Progress(done=done, total=total, running=sum(t.state == TrialState.RUNNING for t in trials),
                     failed=tuple(t for t in trials if t.state == TrialState.FAIL),
                     best=pick(complete) if complete else None)
 

@@ -18,6 +18,7 @@ from experiments.spec import (
     METRICS,
     PARAMETER_KEYS,
     TOP_KEYS,
+    AdaptiveSeeds,
     Execution,
     grid_cells,
     group_key,
@@ -65,7 +66,7 @@ def test_shipped_specs_are_all_here():
         "kl_ablation", "tfr_ablation", "lr_schedule", "lab_experiments", "quick"}
 
 
-def test_kl_ablation_is_a_union_of_subgrids_times_three_seeds():
+def test_kl_ablation_is_a_union_of_subgrids_with_adaptive_seeds():
     spec = load_spec(SWEEPS / "kl_ablation.yaml")
     labels = [group_label(cell) for cell in grid_cells(spec)]
     assert labels == [
@@ -77,8 +78,8 @@ def test_kl_ablation_is_a_union_of_subgrids_times_three_seeds():
         "kl_anneal_type=Monotonic, kl_anneal_ratio=1.0",
         "kl_anneal_type=None",
     ]
-    assert spec.seeds == (1, 2, 3)
-    assert len(trial_plan(spec)) == spec.n_trials == 21
+    assert (spec.seeds, spec.adaptive) == (tuple(range(1, 11)), AdaptiveSeeds(initial=3, max=10, until="separated"))
+    assert len(trial_plan(spec)) == spec.n_trials == 21  # the initial seeds; the rounds may add up to 49
     assert spec.execution.gpus == "auto"
     cfg = train_config(spec, grid_cells(spec)[0], 3)
     assert (cfg.tfr, cfg.tfr_sde, cfg.tfr_d_step, cfg.seed) == (1.0, 10, 0.1, 3)
@@ -185,6 +186,38 @@ BAD_SPECS = {
     "swept key also in base": (
         "name: x\nbase: {lr: 0.01}\nparameters:\n  lr: [0.1]\n", "parameters.lr: also set in base"),
     "seeds not a list": ("name: x\nseeds: 3\n", "seeds: expected a non-empty list of integers"),
+    "adaptive seeds, unknown key": (
+        "name: x\nparameters: {tfr: [0.0, 1.0]}\nseeds: {initial: 3, max: 10, until: separated, level: 0.1}\n",
+        "seeds.level: unknown key of adaptive seeds (one of initial, max, until)"),
+    "adaptive seeds, a key missing": (
+        "name: x\nparameters: {tfr: [0.0, 1.0]}\nseeds: {initial: 3, max: 10}\n",
+        "seeds: adaptive seeds need until (e.g. {initial: 3, max: 10, until: separated})"),
+    "adaptive seeds, initial > max": (
+        "name: x\nparameters: {tfr: [0.0, 1.0]}\nseeds: {initial: 5, max: 3, until: separated}\n",
+        "seeds.max: 3 is less than seeds.initial (5)"),
+    "adaptive seeds, one initial seed": (
+        "name: x\nparameters: {tfr: [0.0, 1.0]}\nseeds: {initial: 1, max: 3, until: separated}\n",
+        "seeds.initial: must be >= 2 (a paired t interval needs 2 seeds of each configuration), got 1"),
+    "adaptive seeds, max not an integer": (
+        "name: x\nparameters: {tfr: [0.0, 1.0]}\nseeds: {initial: 3, max: ten, until: separated}\n",
+        "seeds.max: expected an integer, got 'ten'"),
+    "adaptive seeds, until something else": (
+        "name: x\nparameters: {tfr: [0.0, 1.0]}\nseeds: {initial: 3, max: 10, until: converged}\n",
+        "seeds.until: unknown 'converged' (one of separated)"),
+    "adaptive seeds, a sampled sweep": (
+        "name: x\nsampler: tpe\nn_trials: 8\nparameters: {tfr: [0.0, 1.0]}\n"
+        "seeds: {initial: 3, max: 10, until: separated}\n",
+        "seeds: adaptive seeds need sampler: grid, not tpe (a sampled sweep cycles a list of seeds)"),
+    "adaptive seeds with n_trials": (
+        "name: x\nparameters: {tfr: [0.0, 1.0]}\nseeds: {initial: 3, max: 10, until: separated}\nn_trials: 4\n",
+        "n_trials: adaptive seeds run as many trials as their rounds need"),
+    "adaptive seeds, one configuration": (
+        "name: x\nseeds: {initial: 3, max: 10, until: separated}\n",
+        "seeds: adaptive seeds compare configurations and this grid has 1; list its seeds instead"),
+    "adaptive seeds past the grid's size": (
+        "name: x\nparameters: {tfr_sde: {values: [" + ", ".join(map(str, range(50))) + "]}}\n"
+        "seeds: {initial: 3, max: 41, until: separated}\n",
+        "parameters: 50 configurations x 41 seeds = 2050 trials, more than 2000"),
     "n_trials missing for tpe": (
         "name: x\nsampler: tpe\nparameters:\n  lr: [0.1]\n", "n_trials: required for sampler tpe"),
     "n_trials beyond the grid": (
@@ -248,6 +281,15 @@ def test_defaults(tmp_path, monkeypatch):
 def test_trials_per_gpu_is_a_number_or_auto(tmp_path):
     assert load_spec(write(tmp_path, "name: x\nexecution: {trials_per_gpu: auto}\n")).execution.trials_per_gpu == "auto"
     assert load_spec(write(tmp_path, "name: x\nexecution: {trials_per_gpu: 3}\n")).execution.trials_per_gpu == 3
+
+
+def test_adaptive_seeds_are_one_to_max_and_the_plan_holds_the_initial_ones(tmp_path):
+    spec = load_spec(write(tmp_path, "name: x\nparameters: {tfr: [0.0, 1.0]}\n"
+                                     "seeds: {initial: 2, max: 4, until: separated}\n"))
+    assert (spec.seeds, spec.first_seeds, spec.n_trials) == ((1, 2, 3, 4), (1, 2), 4)
+    assert trial_plan(spec) == [({"tfr": 0.0}, 1), ({"tfr": 1.0}, 1), ({"tfr": 0.0}, 2), ({"tfr": 1.0}, 2)]
+    listed = load_spec(write(tmp_path, "name: x\nparameters: {tfr: [0.0, 1.0]}\nseeds: [5, 6]\n"))
+    assert (listed.adaptive, listed.first_seeds) == (None, (5, 6))
 
 
 def test_plan_is_seed_major_and_n_trials_keeps_its_head(tmp_path):

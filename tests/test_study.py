@@ -4,12 +4,14 @@ from __future__ import annotations
 import multiprocessing
 import textwrap
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from experiments.errors import SpecError
+from experiments.replicates import Savings
 from experiments.spec import group_key, load_spec, train_config, trial_plan
 from experiments.study import (
     Launch,
@@ -22,6 +24,7 @@ from experiments.study import (
     open_study,
     prepare_study,
     progress,
+    record_savings,
     remaining_trials,
     start_launch,
     suggest,
@@ -107,14 +110,14 @@ def test_open_study_refuses_a_changed_direction(tmp_path):
 # ---------------------------------------------------------------- the grid queue on a real journal
 
 
-def run_queue(spec, study) -> list[tuple[dict, int]]:
-    """What a worker does: pop queued trials until none is left; returns what ran."""
+def run_queue(spec, study, value: Callable[[dict, int], float] = lambda cell, seed: float(seed)) -> list[tuple[dict, int]]:
+    """What a worker does: pop queued trials until none is left, each worth `value(cell, seed)`; returns what ran."""
     ran = []
     while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         trial = study.ask()
         overrides, seed = suggest(spec, trial)
         ran.append((overrides, seed))
-        study.tell(trial, float(seed))
+        study.tell(trial, value(overrides, seed))
     return ran
 
 
@@ -164,6 +167,41 @@ def test_resume_with_more_seeds_queues_only_the_new_ones(tmp_path):
     more = load_spec(small_grid(tmp_path, seeds="[1, 2]"))
     assert prepare_study(more, open_study(more)) == 3
     assert {seed for _, seed in run_queue(more, open_study(more))} == {2}
+
+
+def cyclical_far_above_none(cell: dict, seed: int) -> float:
+    """Both Cyclical cells score alike; None 10 below them, with noise of its own."""
+    noise = [0.0, 0.3, -0.2, 0.1, -0.4][seed]
+    return 20 + noise if cell["kl_anneal_type"] == "Cyclical" else 10 + noise / 2
+
+
+def test_adaptive_seeds_queue_round_by_round_and_a_resumed_round_queues_only_what_it_misses(tmp_path):
+    spec = load_spec(small_grid(tmp_path, seeds="{initial: 2, max: 4, until: separated}"))
+    cyclical = [group_key(cell) for cell in spec.cells[:2]]
+    study = open_study(spec)
+    assert prepare_study(spec, study) == 6
+    assert len(run_queue(spec, study, cyclical_far_above_none)) == 6
+    assert prepare_study(spec, study) == 2  # round 1: seed 3 of the two Cyclical cells; None is separated
+    assert (progress(spec, study).done, progress(spec, study).total) == (6, 8)
+    suggest(spec, study.ask())  # one of them was running, the other still queued, when the launcher died
+
+    resumed = open_study(spec)
+    assert [(group_key(cell), seed) for cell, seed in missing_cells(spec, resumed)] == [(key, 3) for key in cyclical]
+    assert prepare_study(spec, resumed) == 2  # the dead one failed and queued again beside the queued one
+    assert sorted(seed for _, seed in run_queue(spec, resumed, cyclical_far_above_none)) == [3, 3]
+    assert prepare_study(spec, resumed) == 2  # round 2: seed 4
+    run_queue(spec, resumed, cyclical_far_above_none)
+    assert prepare_study(spec, resumed) == 0 and missing_cells(spec, resumed) == []
+
+    complete = [(t.user_attrs["group"], t.user_attrs["seed"]) for t in resumed.trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == sorted([(key, seed) for key in cyclical for seed in (1, 2, 3, 4)]
+                                      + [(group_key(spec.cells[2]), seed) for seed in (1, 2)])
+    assert [t.state for t in resumed.trials].count(TrialState.FAIL) == 1
+    now = progress(spec, resumed)
+    assert (now.done, now.total, now.running, len(now.failed), now.best) == (10, 10, 0, 1, 20.3)
+    assert record_savings(spec, resumed) == Savings(configurations=3, max_seeds=4, trials=10, trials_at_max=12,
+                                                    saved=2, finished=True)
+    assert resumed.user_attrs["adaptive_seeds"]["saved"] == 2
 
 
 def test_prepare_study_refuses_a_widened_axis(tmp_path):

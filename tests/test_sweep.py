@@ -30,14 +30,15 @@ TINY = ("{F_dim: 16, L_dim: 8, N_dim: 4, D_out_dim: 16, train_vi_len: 4, val_vi_
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def write_spec(folder: Path, data: Path, name: str, num_epoch: int = 2, extra: str = "", workers: int = 2) -> Path:
-    """A grid of a tiny model on the small data set: kl_anneal_type x seeds, unless `extra` says more."""
+def write_spec(folder: Path, data: Path, name: str, num_epoch: int = 2, extra: str = "", workers: int = 2,
+               seeds: str = "[1, 2]") -> Path:
+    """A grid of a tiny model on the small data set: kl_anneal_type x seeds, unless `extra` (one line) says more."""
     path = folder / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""\
         name: {name}
         base: {TINY}num_epoch: {num_epoch}, DR: "{data}"}}
         {extra or "parameters: {kl_anneal_type: [Cyclical, None]}"}
-        seeds: [1, 2]
+        seeds: {seeds}
         execution: {{gpus: [], cpu_workers: {workers}}}
         """))
     return path
@@ -142,8 +143,7 @@ def test_a_trial_that_diverges_is_failed_with_its_error_and_the_sweep_goes_on(sm
     spec_path = write_spec(tmp_path, small_dataset, "nan", workers=1, extra=(
         # the lab model's random Generator moves the posterior at the first step, whose logvar then explodes
         "parameters: {lr: [1.0e30, 0.001], lr_schedule: [constant], grad_clip: [1.0e30], model: [lab], "
-        "frame_output: [sigmoid]}"))
-    spec_path.write_text(spec_path.read_text().replace("seeds: [1, 2]", "seeds: [1]"))
+        "frame_output: [sigmoid]}"), seeds="[1]")
     outcome = run_launch(tmp_path, spec_path, monkeypatch)
 
     assert (outcome.progress.done, outcome.progress.total, outcome.exit_code) == (1, 2, 1)
@@ -262,12 +262,12 @@ def test_script_errors_are_one_line(tmp_path, capsys, case):
 
 
 def test_dry_run_prints_the_plan_and_its_count(capsys):
-    assert load_script().main([str(ROOT / "sweeps/kl_ablation.yaml"), "--dry-run", "--gpus", "none"]) == 0
+    assert load_script().main([str(ROOT / "sweeps/tfr_ablation.yaml"), "--dry-run", "--gpus", "none"]) == 0
     out = capsys.readouterr().out
-    assert "kl_ablation: 21 trials: 7 configurations x 3 seeds" in out
+    assert "tfr_ablation: 27 trials: 9 configurations x 3 seeds" in out
     assert "workers: 1 on the CPU (no GPU)" in out
-    rows = [line for line in out.splitlines() if "kl_anneal_type=" in line]
-    assert len(rows) == 21 and rows[0].split()[0] == "0" and rows[-1].split()[-1] == "3"
+    rows = [line for line in out.splitlines() if "tfr=" in line]
+    assert len(rows) == 27 and rows[0].split()[0] == "0" and rows[-1].split()[-1] == "3"
 
 
 def test_dry_run_leaves_trials_per_gpu_auto_to_the_launch(tmp_path, capsys):

@@ -13,7 +13,8 @@ launch fails and reruns what it left RUNNING.
 
 With adaptive seeds (`experiments.replicates`) a launch runs in rounds: once the workers have emptied the
 queue, the launcher prepares the study again, which queues the next round, and starts workers for it; a
-trial that failed ends the rounds for this launch (the next launch runs it again, then the rounds go on).
+trial that failed ends the rounds for this launch (the next launch runs it again, then the rounds go on),
+unless it was a duplicate of a cell another trial holds.
 The study's `adaptive_seeds` user attr is brought up to date at the end of every launch.
 
 Several launchers may share a study on a database server (`--storage postgresql://...`): each stops
@@ -51,7 +52,8 @@ from experiments.spec import (DEFAULT_TRACKING_URI, URL, Execution, SweepSpec, g
                               trial_plan)
 from experiments.launch_files import check_journal, check_tracking_db, check_tracking_kept, hold_storage
 from experiments.study import (ERROR, MLFLOW_RUN_ID, SEED, Launch, Progress, adaptive_plan, fail_running, find_study,
-                               launch_id, open_study, progress, record_savings, start_launch, summary_table, sweep_id)
+                               launch_id, open_study, progress, record_savings, start_launch, summary_table, sweep_id,
+                               unheld_failures)
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
 from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
 
@@ -258,12 +260,12 @@ def _worker_jobs(spec: SweepSpec, execution: Execution, gpus: list[int], parent:
 
 
 def _next_round(spec: SweepSpec, study, watcher: "_Watcher", bar: tqdm) -> Launch | None:
-    """This launch's share of the next round of adaptive seeds; None without adaptive seeds, after a failed
-    trial (the next launch reruns it), or when no round is left.
+    """This launch's share of the next round of adaptive seeds; None without adaptive seeds, after a trial
+    failed and left its cell to the next launch, or when no round is left.
 
     On a shared study other launchers may still be running trials of the current round: it waits for them.
     """
-    while spec.adaptive is not None and not watcher.failed:
+    while spec.adaptive is not None and not unheld_failures(study, [trial.number for trial in watcher.failed]):
         share = start_launch(spec, study)
         if share.budget:
             log.info("%s", replicates.describe(spec, adaptive_plan(spec, study)))

@@ -39,7 +39,7 @@ import socket
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import optuna
 import pandas as pd
@@ -323,6 +323,17 @@ def holder(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
                 other.state == TrialState.COMPLETE or other.number < trial.number):
             return other
     return None
+
+
+def unheld_failures(study: optuna.Study, numbers: Iterable[int]) -> list[int]:
+    """Of the FAIL trials `numbers`, those whose cell x seed no other trial has finished, runs or waits to run.
+
+    A copy that launchers preparing at once both queued fails as a duplicate (`holder`): the cell is held.
+    """
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    held = {_cell_of(trial) for trial in trials.values()
+            if trial.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+    return [number for number in numbers if _cell_of(trials[number]) not in held]
 
 
 def is_sweep_trial(trial: FrozenTrial) -> bool:

@@ -30,6 +30,7 @@ from experiments.study import (
     suggest,
     summary_table,
     sweep_id,
+    unheld_failures,
     work_left,
 )
 
@@ -202,6 +203,19 @@ def test_adaptive_seeds_queue_round_by_round_and_a_resumed_round_queues_only_wha
     assert record_savings(spec, resumed) == Savings(configurations=3, max_seeds=4, trials=10, trials_at_max=12,
                                                     saved=2, finished=True)
     assert resumed.user_attrs["adaptive_seeds"]["saved"] == 2
+
+
+def test_a_failed_duplicate_holds_no_cell_back_and_a_failed_cell_does(tmp_path):
+    spec = load_spec(small_grid(tmp_path))
+    study = open_study(spec)
+    first, second = trial_plan(spec)[:2]
+    for cell, seed in (first, first, second):  # launchers that prepared at once queued the first cell twice
+        study.enqueue_trial(cell, user_attrs={"seed": seed, "group": group_key(cell)})
+    for state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL):
+        trial = study.ask()
+        suggest(spec, trial)
+        study.tell(trial, 1.0 if state == TrialState.COMPLETE else None, state=state)
+    assert unheld_failures(study, [1, 2]) == [2]
 
 
 def test_prepare_study_refuses_a_widened_axis(tmp_path):

@@ -6,6 +6,7 @@ configurations, and `formatted` turns the table into the strings a report shows.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
@@ -147,6 +148,7 @@ def _headers() -> dict[str, str]:
 
 
 HEADERS = _headers()
+DECIMALS = {column: metric.decimals for metric in EPOCH_METRICS for column in (metric.final_column, metric.best_column)}
 # shown always; the other columns only when some row has a value (runs logged before a metric existed have none)
 ALWAYS = (VAL_PSNR.final_column, VAL_PSNR.best_column)
 
@@ -176,7 +178,8 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
         if value == GAIN and _known(table, GAIN):
             shown[header] = cells(lambda gain: _number(gain, "{:+.2f}"), GAIN)
         elif f"{value}_mean" in table and (value in ALWAYS or _known(table, f"{value}_mean")):
-            shown[header] = cells(_mean_std, f"{value}_mean", f"{value}_std")
+            show = functools.partial(_mean_std, decimals=DECIMALS.get(value, 2))
+            shown[header] = cells(show, f"{value}_mean", f"{value}_std")
     shown["epochs"] = cells(_epochs, "epochs")
     shown["wall time / trial"] = cells(_duration, "wall_seconds")
     shown["device-hours"] = cells(hours_text, DEVICE_HOURS)
@@ -196,10 +199,10 @@ def _epochs(epochs: float) -> str:
     return _number(epochs, "{:.0f}") if math.isnan(epochs) or float(epochs).is_integer() else f"{epochs:.1f}"
 
 
-def _mean_std(mean: float, std: float) -> str:
+def _mean_std(mean: float, std: float, decimals: int = 2) -> str:
     if math.isnan(mean):
         return "-"
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.{decimals}f}" if math.isnan(std) else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def _number(value: float, fmt: str) -> str:

@@ -20,7 +20,7 @@ from cvae.config import TrainConfig
 from cvae.data import VideoData
 from cvae.errors import ConfigError, TrainingDiverged
 from cvae.folders import writable_folder
-from cvae.metrics import psnr
+from cvae.metrics import FrameScores, frame_scores, psnr
 from cvae.model import VideoCVAE
 from cvae.schedules import kl_beta, make_lr_scheduler, make_optimizer, teacher_forcing_ratio
 
@@ -47,6 +47,8 @@ class EpochReport:
     epoch_seconds: float
     # fields added later keep a default, so checkpoints written before them still load
     val_psnr_1step: float = math.nan  # mean PSNR of each frame predicted from the true frame before it
+    val_ssim: float = math.nan  # mean of val_ssim_per_frame
+    val_ssim_per_frame: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (val_vi_len - 1,) SSIM; (0,) before
 
     def to_state(self) -> dict:
         """Plain values, storable in a weights_only checkpoint: the per-frame arrays as lists."""
@@ -111,14 +113,14 @@ def sample_rollouts(model: VideoCVAE, first_frame: torch.Tensor, labels: torch.T
 
 
 def validate(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-             seed: int) -> np.ndarray:
+             seed: int) -> FrameScores:
     """Autoregressive rollout of the validation video from its first frame, z ~ N(0, I).
 
-    images, labels: (T, 3, H, W) uint8 on the model's device. Returns (T-1,) PSNR of frames 1..T-1.
+    images, labels: (T, 3, H, W) uint8 on the model's device. Returns the PSNR and SSIM of frames 1..T-1.
     """
     with evaluating(model):
         frames = sample_rollouts(model, images[0], labels, cfg, seed)[0]  # (T, 3, H, W)
-    return psnr(frames[1:], to_unit(images[1:])).cpu().numpy().astype(np.float64)
+    return frame_scores(frames[1:], to_unit(images[1:]))
 
 
 def validate_one_step(model: VideoCVAE, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
@@ -308,12 +310,13 @@ def fit(cfg: TrainConfig, data: VideoData, callbacks: Iterable[Callback] = (),
                 bar.set_postfix(loss=f"{means[0]:.4g}", recon=f"{means[1]:.4g}", kl=f"{means[2]:.4g}")
         scheduler.step()
         mean_loss, mean_recon, mean_kl = (sums / len(batches)).tolist()
-        per_frame = validate(model, val_images, val_labels, cfg, cfg.seed)
+        scores = validate(model, val_images, val_labels, cfg, cfg.seed)
         one_step = validate_one_step(model, val_images, val_labels, cfg, cfg.seed)
         report = EpochReport(epoch=epoch, train_loss=mean_loss, train_recon=mean_recon, train_kl=mean_kl,
-                             kl_beta=beta, tfr=tfr, lr=lr, val_psnr=float(per_frame.mean()),
-                             val_psnr_per_frame=per_frame, epoch_seconds=time.perf_counter() - started,
-                             val_psnr_1step=float(one_step.mean()))
+                             kl_beta=beta, tfr=tfr, lr=lr, val_psnr=float(scores.psnr.mean()),
+                             val_psnr_per_frame=scores.psnr, epoch_seconds=time.perf_counter() - started,
+                             val_psnr_1step=float(one_step.mean()), val_ssim=float(scores.ssim.mean()),
+                             val_ssim_per_frame=scores.ssim)
         history.epochs.append(report)
         stop = any([bool(callback(report)) for callback in callbacks])  # a list: every callback sees every epoch
         last_epoch = epoch + 1 == cfg.num_epoch or stop

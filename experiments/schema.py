@@ -36,6 +36,7 @@ class Metric:
     summarized: bool = False  # the summary table always has it (else only as the sweep's objective)
     best_header: str = ""  # set: `best_<name>` is an objective too and a table column with this header
     column: str = ""  # a FRAME metric's column in analysis' frames table
+    decimals: int = 2  # how many the summary table shows
 
     @property
     def final_column(self) -> str:
@@ -56,6 +57,7 @@ METRICS = (
            best_header="best val PSNR (dB)"),
     Metric("val_psnr_1step", "val/psnr_1step", EPOCH, "one-step val PSNR", MAXIMIZE, "dB", "one-step val PSNR (dB)",
            summarized=True),
+    Metric("val_ssim", "val/ssim", EPOCH, "val SSIM", MAXIMIZE, header="final val SSIM", summarized=True, decimals=3),
     Metric("train_loss", "train/loss", EPOCH, "train loss", MINIMIZE, header="final train loss"),
     Metric("train_recon", "train/recon", EPOCH, "train recon", MINIMIZE, header="final train recon"),
     Metric("train_kl", "train/kl", EPOCH, "train KL", MINIMIZE, header="final train KL"),
@@ -64,6 +66,7 @@ METRICS = (
     Metric("lr", "lr", EPOCH, "learning rate"),
     Metric("epoch_seconds", "epoch_seconds", EPOCH, "epoch time", unit="s"),
     Metric("val_psnr_per_frame", "val/psnr_frame", FRAME, "PSNR", MAXIMIZE, "dB", column="psnr"),
+    Metric("val_ssim_per_frame", "val/ssim_frame", FRAME, "SSIM", MAXIMIZE, column="ssim"),
 )
 EPOCH_METRICS = tuple(metric for metric in METRICS if metric.per == EPOCH)
 FRAME_METRICS = tuple(metric for metric in METRICS if metric.per == FRAME)

@@ -31,6 +31,7 @@ from cvae.data import load_video_data
 from cvae.metrics import CopyBaselines
 from cvae.train import EpochReport
 from experiments.launcher import configure
+from experiments.schema import BY_NAME
 from experiments.spec import group_key, load_spec, trial_plan
 from experiments.study import open_study
 from experiments.tracking import GIT_DIRTY, HOST_DEVICE, STATUS, TrialRun, open_parent_run
@@ -112,6 +113,7 @@ AHEAD, BEHIND = "lr 1e-3", "lr 0.01"  # final val PSNR 22.5 and 19.5 against cop
 SEEDED_OFFSETS = {1e-3: [0.0] * 6, 2e-3: [-0.5, -0.7, -0.6, -0.4, -0.8, -0.6], 3e-3: [0.05, -0.1, 0.08, -0.02, 0.03,
                                                                                       -0.06]}
 SEEDED_BEST, SEEDED_BEHIND, SEEDED_LEVEL = "lr 1e-3", "lr 2e-3", "lr 3e-3"
+DB_PER_SSIM = 50  # a trial's made-up SSIM is its PSNR / 50: 0.45 for 22.5 dB
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 DEVICE = "NVIDIA H200"
 
@@ -120,7 +122,7 @@ def log_trial(client: MlflowClient, parent, number: int, lr: float, seed: int, p
               one_steps: list[float], baselines: CopyBaselines | None, tags: dict[str, str] | None = None,
               old: bool = False) -> None:
     """One finished trial's run with these values per epoch; `old` logs it as runs were before baselines,
-    one-step PSNR and device seconds."""
+    one-step PSNR, SSIM and device seconds."""
     tags = {"optuna.trial_number": str(number), "sweep.group_key": f"lr{lr}", "sweep.group_label": f"lr={lr}",
             "sweep.seed": str(seed), **(tags or {})}
     run = TrialRun.start(client, parent, f"lr {lr} | seed {seed}", TrainConfig(lr=lr, seed=seed,
@@ -128,8 +130,9 @@ def log_trial(client: MlflowClient, parent, number: int, lr: float, seed: int, p
     if baselines is not None:
         run.log_baselines(baselines)
     for epoch, (psnr, one_step) in enumerate(zip(psnrs, one_steps)):
-        report = EpochReport(epoch, 1.0, 1.0, 0.0, 1.0, 1.0, lr, psnr, np.full(3, psnr), 1.0,
-                             float("nan") if old else one_step)
+        newer = {} if old else {"val_psnr_1step": one_step, "val_ssim": psnr / DB_PER_SSIM,
+                                "val_ssim_per_frame": np.full(3, psnr / DB_PER_SSIM)}
+        report = EpochReport(epoch, 1.0, 1.0, 0.0, 1.0, 1.0, lr, psnr, np.full(3, psnr), 1.0, **newer)
         run(report)
     run.log_final(report, {})
     if old:
@@ -235,9 +238,9 @@ def test_one_row_per_trial_with_its_configuration_seed_and_status(ablation, swep
 def test_one_row_per_trial_epoch_and_metric_with_the_logged_schedules(ablation):
     epochs = ablation.epochs
     # the diverged trials stopped before their first epoch was logged
-    assert len(epochs) == 4 * 4 * 9 and set(epochs["status"]) == {"COMPLETE"}
+    assert len(epochs) == 4 * 4 * 10 and set(epochs["status"]) == {"COMPLETE"}
     assert set(epochs["metric"]) == {"train/loss", "train/recon", "train/kl", "kl_beta", "tfr", "lr", "val/psnr",
-                                     "val/psnr_1step", "epoch_seconds"}
+                                     "val/psnr_1step", "val/ssim", "epoch_seconds"}
     assert epochs.groupby(["run_id", "metric"])["epoch"].apply(list).map(tuple).unique().tolist() == [(1, 2, 3, 4)]
 
     def curve(config: str, metric: str) -> list[float]:
@@ -255,8 +258,11 @@ def test_one_row_per_trial_and_frame(ablation):
     frames = ablation.frames
     assert len(frames) == 4 * 7  # val_vi_len 8: frames 1..7 are predicted
     assert frames.groupby("run_id")["frame"].apply(list).map(tuple).unique().tolist() == [tuple(range(1, 8))]
-    mean = frames.groupby("run_id")["psnr"].mean()
-    assert mean.to_dict() == pytest.approx(finished(ablation.trials).set_index("run_id")["final_val_psnr"].to_dict())
+    means = frames.groupby("run_id")[["psnr", "ssim"]].mean()
+    finals = finished(ablation.trials).set_index("run_id")
+    assert means["psnr"].to_dict() == pytest.approx(finals["final_val_psnr"].to_dict())
+    assert means["ssim"].to_dict() == pytest.approx(finals["final_val_ssim"].to_dict())
+    assert frames["ssim"].between(0, 1).all()
 
 
 def test_each_trial_has_the_copy_baselines_of_its_validation_video(ablation, uri):
@@ -278,6 +284,8 @@ def test_runs_logged_before_the_baselines_read_as_missing_values(old):
     assert old.trials["final_val_psnr_1step"].isna().all() and old.baseline_frames.empty
     assert "val/psnr_1step" not in set(old.epochs["metric"])
     assert old.trials["final_val_psnr"].tolist() == [22.0, 23.0, 19.5]
+    assert old.trials["final_val_ssim"].isna().all() and old.frames["ssim"].isna().all()  # logged before SSIM
+    assert old.frames["psnr"].notna().all() and "val/ssim" not in set(old.epochs["metric"])
     assert old.trials["device_seconds"].isna().all() and (old.trials[["device", "git_dirty"]] == "").all(axis=None)
 
 
@@ -376,7 +384,7 @@ def test_summary_table_ranks_configurations_and_counts_failures_apart(ablation):
     shown = tables.formatted(table)
     assert shown.columns.tolist() == ["#", "configuration", "seeds", "failed", "pruned", "final val PSNR (dB)",
                                       "best val PSNR (dB)", "gain over copy-first (dB)", "one-step val PSNR (dB)",
-                                      "PSNR frames 1-3 (dB)", "PSNR last 3 frames (dB)", "epochs", "wall time / trial",
+                                      "final val SSIM", "PSNR frames 1-3 (dB)", "PSNR last 3 frames (dB)", "epochs", "wall time / trial",
                                       "device-hours"]
     assert shown.loc[0, "final val PSNR (dB)"] == f"{table.loc[0, 'final_val_psnr_mean']:.2f} ± " \
                                                   f"{table.loc[0, 'final_val_psnr_std']:.2f}"
@@ -409,8 +417,16 @@ def test_the_table_gains_over_copy_first_and_ends_with_the_baselines(known):
     assert shown.loc["copy previous frame", ["seeds", "best val PSNR (dB)", "epochs", "wall time / trial",
                                              "device-hours"]].tolist() == ["", "", "", "", ""]
     markdown = markdown_table(tables.formatted(table))
-    assert "| copy first frame |  |  |  | 20.00 |  |  |  | 21.00 | 19.00 |  |  |  |" in markdown
+    assert shown["final val SSIM"].tolist() == ["0.450 ± 0.014", "0.390", "", ""]  # three decimals
+    assert "| copy first frame |  |  |  | 20.00 |  |  |  |  | 21.00 | 19.00 |  |  |  |" in markdown
     assert markdown.splitlines()[1].startswith("| ---: | --- | ---: |")  # ranks and counts stay numbers with blanks
+
+
+def test_a_sweep_that_maximised_the_ssim_is_ranked_by_it(known):
+    table = tables.summary_table(known.trials, known.frames, "val_ssim", "maximize")
+    assert table.attrs["objective"] == "final_val_ssim" and tables.unit("final_val_ssim") == ""
+    assert table["configuration"].tolist() == [AHEAD, BEHIND]
+    assert table["final_val_ssim_mean"].tolist() == pytest.approx([0.45, 0.39])
 
 
 def test_the_table_gives_each_configuration_s_device_hours(seeded, old):
@@ -451,7 +467,7 @@ def test_runs_logged_before_the_baselines_make_the_table_as_before(old):
     assert tables.formatted(table).columns.tolist() == [
         "#", "configuration", "seeds", "failed", "pruned", "final val PSNR (dB)", "best val PSNR (dB)",
         "PSNR frames 1-1 (dB)", "PSNR last 1 frames (dB)", "epochs", "wall time / trial", "device-hours"]
-    assert table["gain_over_copy_first"].isna().all()
+    assert table["gain_over_copy_first"].isna().all() and table["final_val_ssim_mean"].isna().all()
 
 
 # Five configurations of known values. close: best minus 0.5, 0.7, 0.6, 0.4, 0.8, 0.6 on seeds 1-6 (mean -0.6,
@@ -645,6 +661,15 @@ def test_the_copy_baselines_are_dashed_grey_references(known):
         (GREY, "--")}
     assert legend_labels(fig) == [AHEAD, BEHIND, "copy first frame", "copy previous frame"]
     assert_legend_below_axes(fig)
+
+
+def test_the_per_frame_ssim_has_a_line_per_configuration_and_no_psnr_reference(known):
+    colours = figures.palette(known.configurations)
+    fig = figures.per_frame(known.frames, colours, metric=BY_NAME["val_ssim_per_frame"])
+    [ax] = fig.axes
+    assert line_colours(ax) == [colours[AHEAD], colours[BEHIND]]
+    assert ax.get_lines()[0].get_ydata() == pytest.approx([0.45] * 3)  # 22.5 dB / 50, the mean over two seeds
+    assert (ax.get_ylabel(), ax.get_title()) == ("SSIM", "SSIM per frame of the validation video (final epoch)")
 
 
 def test_runs_logged_before_the_baselines_draw_no_reference(old):

@@ -58,4 +58,6 @@ def test_a_checkpoint_written_before_a_new_epoch_metric_resumes(small_dataset, t
     resumed = fit(cfg, load_video_data(cfg), resume_from=PSNR_ONLY_CHECKPOINT, progress=False)
     old, new = resumed.epochs
     assert old.val_psnr == pytest.approx(23.850909, abs=1e-6) and old.val_psnr_per_frame.shape == (7,)
-    assert new.epoch == 1 and math.isfinite(new.val_psnr)
+    assert math.isnan(old.val_ssim) and old.val_ssim_per_frame.shape == (0,)  # before SSIM: unknown
+    assert new.epoch == 1 and math.isfinite(new.val_psnr) and 0 < new.val_ssim < 1
+    assert new.val_ssim_per_frame.shape == (7,)

@@ -29,7 +29,7 @@ class PruneAtOnce(optuna.pruners.BasePruner):
         return True
 
 
-def sampled_objective(folder: Path, data: Path | None, parameters: str):
+def sampled_objective(folder: Path, data: Path | None, parameters: str, objective: str = "val_psnr"):
     """A sampled spec of a tiny model on `data` (else a swept DR), its parent run and the objective of a CPU worker."""
     path = folder / "s.yaml"
     data_root = "" if data is None else f'DR: "{data}", '
@@ -41,6 +41,7 @@ def sampled_objective(folder: Path, data: Path | None, parameters: str):
         sampler: random
         pruner: median
         n_trials: 2
+        objective: {{metric: {objective}}}
         """))
     spec = load_spec(path)
     parent = open_parent_run(f"sqlite:///{folder / 'mlflow.db'}", spec.name, "id0", tags={})
@@ -79,6 +80,20 @@ def test_a_pruned_trial_stops_training_and_its_run_says_so(sampled):
     assert logged("baseline/copy_first_frame") == [(frame, pytest.approx(value))
                                                    for frame, value in enumerate(baselines.first, start=1)]
     assert len(baselines.first) == 7 and baselines.first[0] == baselines.previous[0]  # frame 1: both copy frame 0
+
+
+def test_a_sweep_can_maximise_the_validation_ssim(small_dataset, tmp_path):
+    spec, objective, client = sampled_objective(tmp_path, small_dataset, "{lr: {values: [1.0e-3]}}", "val_ssim")
+    assert (spec.metric, spec.direction) == ("val_ssim", "maximize")
+    study = optuna.create_study(direction=spec.direction)
+    study.optimize(objective, n_trials=1)
+    [trial] = study.trials
+    run_id = trial.user_attrs["mlflow_run_id"]
+    per_epoch = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/ssim"))
+    assert [step for step, _ in per_epoch] == [0, 1, 2] and trial.value == per_epoch[-1][1] and 0 < trial.value < 1
+    per_frame = [m.value for m in client.get_metric_history(run_id, "val/ssim_frame")]
+    assert len(per_frame) == 7 and trial.value == pytest.approx(sum(per_frame) / 7)
+    assert list(trial.intermediate_values.values()) == [value for _, value in per_epoch]  # what the pruner saw
 
 
 def test_an_unexpected_error_fails_the_trial_and_keeps_its_traceback(sampled, monkeypatch):

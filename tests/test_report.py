@@ -22,7 +22,8 @@ from test_analysis import (AHEAD, BEHIND, CYCLICAL, DEVICE, DIVERGING, MONOTONIC
 from test_run_folder import read_only
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["1_psnr_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr"]
+FIGURES = ["1_psnr_per_frame", "1_ssim_per_frame", "2_loss_curves", "3_teacher_forcing", "4_kl_beta", "5_val_psnr"]
+BEFORE_SSIM = [figure for figure in FIGURES if figure != "1_ssim_per_frame"]  # the figures of runs logged before it
 DOCUMENTS = ["summary.csv", "summary.md", "comparisons.csv", "report.md", "index.html"]
 
 
@@ -54,7 +55,7 @@ def test_a_grid_sweep_s_report_has_every_figure_the_table_and_both_documents(swe
                         "--out", str(out), "--format", "png,pdf"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1] == str(out / "report.md")
-    assert printed[-2].startswith(f"ablation: 15 files in {out} (")
+    assert printed[-2].startswith(f"ablation: 17 files in {out} (")
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
                                                            + DOCUMENTS)
     for figure in FIGURES:
@@ -66,6 +67,8 @@ def test_a_grid_sweep_s_report_has_every_figure_the_table_and_both_documents(swe
     assert sorted(table["configuration"].tolist()[:2]) == sorted([CYCLICAL, MONOTONIC])
     assert table[["seeds", "failed", "pruned"]][:3].values.tolist() == [[2, 0, 0], [2, 0, 0], [0, 2, 0]]
     assert table[["seeds", "failed", "pruned"]][3:].isna().all(axis=None)  # blank in the baselines' rows
+    assert table["final_val_ssim_mean"][:2].between(0, 1).all() and table["final_val_ssim_mean"][2:].isna().all()
+    assert "| final val SSIM |" in (out / "summary.md").read_text()
 
     report = (out / "report.md").read_text()
     for figure in FIGURES:
@@ -75,7 +78,7 @@ def test_a_grid_sweep_s_report_has_every_figure_the_table_and_both_documents(swe
     assert "| paired t | 2 |" in report and "seeds would tell them apart" in report  # two shared seeds
     assert "```yaml\nname: ablation\n" in report
     page = (out / "index.html").read_text()
-    assert [f'<img src="{figure}.png"' in page for figure in FIGURES] == [True] * 5
+    assert [f'<img src="{figure}.png"' in page for figure in FIGURES] == [True] * len(FIGURES)
     # summary, comparison with the best, trials that did not finish, and the trials from uncommitted code when
     # the checkout the test ran from had changes
     assert page.count("<table>") == 3 + ("<h2>Runs from uncommitted code</h2>" in page)
@@ -109,14 +112,17 @@ def test_the_report_sets_every_configuration_against_the_copy_baselines(known_ur
 def test_runs_logged_before_the_baselines_still_make_a_report(known_uri, script, tmp_path, capsys):
     out = tmp_path / "report"
     assert script.main(["--sweep", "old", "--tracking-uri", known_uri, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
     assert ("note: no copy baselines in the table or figures 1 and 5: the finished trials' runs were logged without "
-            "them") in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.png" for f in FIGURES] + DOCUMENTS)
+            "them") in printed
+    assert "note: no SSIM per frame figure: the runs were logged before trials logged it" in printed
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.png" for f in BEFORE_SSIM] + DOCUMENTS)
     table = pd.read_csv(out / "summary.csv")
     assert table["configuration"].tolist() == [AHEAD, BEHIND] and table["gain_over_copy_first"].isna().all()
     report = (out / "report.md").read_text()
     assert "copy first frame" not in report and "does not beat" not in report and "Dashed grey" not in report
     assert "gain over copy-first" not in (out / "summary.md").read_text()
+    assert "SSIM" not in (out / "summary.md").read_text() and table["final_val_ssim_mean"].isna().all()  # blank
     assert "- **device time**: n/a: the runs were logged before trials recorded their device time" in report
     assert "- **code**: not recorded" in report and "Runs from uncommitted code" not in report
     assert pd.read_csv(out / "summary.csv")["device_hours"].isna().all()

@@ -69,7 +69,7 @@ def test_a_trial_run_logs_its_config_epochs_and_final_frames(tmp_path, uri):
     run = TrialRun.start(client, parent, "name | seed 1", cfg, tags={"sweep.seed": "1"})
     for epoch in range(2):
         report = EpochReport(epoch, 1.0 - epoch, 0.5, 0.25, 1.0, 0.5, 1e-3, 20.0 + epoch, np.linspace(30.0, 20.0, 1500),
-                             2.0, 25.0 + epoch)
+                             2.0, 25.0 + epoch, val_ssim=0.5 + epoch / 4, val_ssim_per_frame=np.linspace(0.9, 0.5, 1500))
         run(report)
     file = tmp_path / "val_rollout.gif"
     file.write_bytes(b"GIF89a")
@@ -85,6 +85,9 @@ def test_a_trial_run_logs_its_config_epochs_and_final_frames(tmp_path, uri):
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "val/psnr_1step")] == [(0, 25.0), (1, 26.0)]
     frames = client.get_metric_history(run.run_id, "val/psnr_frame")
     assert len(frames) == 1500 and (frames[0].step, frames[0].value) == (1, 30.0)  # two batches of at most 1000
+    assert history(client, run.run_id, "val/ssim") == [(0, 0.5), (1, 0.75)]
+    ssim_frames = history(client, run.run_id, "val/ssim_frame")
+    assert len(ssim_frames) == 1500 and ssim_frames[0] == (1, 0.9) and ssim_frames[-1] == (1500, 0.5)
     assert [a.path for a in client.list_artifacts(run.run_id, "gifs")] == ["gifs/val_rollout.gif"]
 
 
@@ -130,9 +133,13 @@ def test_a_report_from_a_checkpoint_older_than_the_one_step_psnr_logs_no_nan(uri
     client = MlflowClient(uri)
     run = TrialRun.start(client, parent, "n | seed 1", TrainConfig(), tags={})
     run(EpochReport(0, 1.0, 0.5, 0.25, 1.0, 0.5, 1e-3, 20.0, np.zeros(3), 2.0))  # val_psnr_1step: NaN by default
-    run(EpochReport(1, 1.0, 0.5, 0.25, 1.0, 0.5, 1e-3, 21.0, np.zeros(3), 2.0, 27.5))
+    older = EpochReport(1, 1.0, 0.5, 0.25, 1.0, 0.5, 1e-3, 21.0, np.zeros(3), 2.0, 27.5)  # no SSIM yet
+    run(older)
+    run.log_final(older, {})
     assert history(client, run.run_id, ONE_STEP_PSNR.key) == [(1, 27.5)]
     assert history(client, run.run_id, "val/psnr") == [(0, 20.0), (1, 21.0)]
+    assert history(client, run.run_id, "val/ssim") == history(client, run.run_id, "val/ssim_frame") == []
+    assert len(history(client, run.run_id, "val/psnr_frame")) == 3
 
 
 def test_a_sweeps_experiment_is_one_of_model_training(uri):

@@ -31,9 +31,10 @@ def test_an_epoch_report_is_stored_as_plain_values_and_read_back_by_name():
     assert state["val_psnr_per_frame"] == [22.0, 20.0]
     again = EpochReport.from_state(state)
     assert again.val_psnr_per_frame.tolist() == [22.0, 20.0] and again.val_psnr_1step == 30.0
-    # written before val_psnr_1step existed: its default; a field of newer code: left out
-    older = EpochReport.from_state({key: value for key, value in state.items() if key != "val_psnr_1step"})
-    assert math.isnan(older.val_psnr_1step)
+    # written before val_psnr_1step and SSIM existed: their defaults; a field of newer code: left out
+    older = EpochReport.from_state({key: value for key, value in state.items()
+                                    if key not in ("val_psnr_1step", "val_ssim", "val_ssim_per_frame")})
+    assert math.isnan(older.val_psnr_1step) and math.isnan(older.val_ssim) and older.val_ssim_per_frame.shape == (0,)
     assert EpochReport.from_state({**state, "val_fid": 3.0}).val_psnr == 21.0
 
 
@@ -86,8 +87,8 @@ def test_validation_uses_running_statistics_and_restores_train_mode(tiny):
     assert model.training
     assert torch.equal(batch_norm.running_mean, running_mean)
     second = validate(model, data.val_images, data.val_labels, cfg, seed=1)
-    assert first.shape == (cfg.val_vi_len - 1,)
-    assert (first == second).all()
+    assert first.psnr.shape == first.ssim.shape == (cfg.val_vi_len - 1,)
+    assert (first.psnr == second.psnr).all() and (first.ssim == second.ssim).all()
 
 
 def test_validation_does_not_see_future_frames(tiny):
@@ -98,7 +99,7 @@ def test_validation_does_not_see_future_frames(tiny):
     scrambled = data.val_images.clone()
     scrambled[2:] = data.val_images[1]  # frames 2.. replaced: a posterior-based rollout would change frame 1
     rescored = validate(model, scrambled, data.val_labels, cfg, seed=1)
-    assert rescored[0] == scores[0]
+    assert rescored.psnr[0] == scores.psnr[0] and rescored.ssim[0] == scores.ssim[0]
 
 
 def test_callback_gets_every_figure_and_can_stop(tiny):
@@ -112,6 +113,8 @@ def test_callback_gets_every_figure_and_can_stop(tiny):
     assert report.kl_beta == 0.4 and report.tfr == 0.5 and report.lr == cfg.lr
     assert math.isclose(report.train_loss, report.train_recon + report.kl_beta * report.train_kl, rel_tol=1e-5)
     assert report.val_psnr == pytest.approx(report.val_psnr_per_frame.mean())
+    assert report.val_ssim == pytest.approx(report.val_ssim_per_frame.mean()) and 0 < report.val_ssim < 1
+    assert report.val_ssim_per_frame.shape == (cfg.val_vi_len - 1,)
     assert report.epoch_seconds > 0
 
 
@@ -221,7 +224,7 @@ def test_an_untrained_residual_model_scores_copy_previous_one_step_and_copy_firs
     data = load_video_data(cfg)
     model = VideoCVAE(cfg)
     one_step = validate_one_step(model, data.val_images, data.val_labels, cfg, seed=1)
-    rollout = validate(model, data.val_images, data.val_labels, cfg, seed=1)
+    rollout = validate(model, data.val_images, data.val_labels, cfg, seed=1).psnr
     assert one_step.shape == rollout.shape == (19,)
     assert one_step == pytest.approx(data.baselines.previous, abs=0.05)
     assert rollout == pytest.approx(data.baselines.first, abs=0.05)

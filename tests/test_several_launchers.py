@@ -2,7 +2,8 @@
 
 One launcher is killed with SIGKILL (its workers with it) in the middle of a trial; the other, and a
 rerun once the dead trials' heartbeat is stale, finish the grid: each cell x seed COMPLETE once, under
-one parent run, each COMPLETE trial's run FINISHED with one value per epoch.
+one parent run, each COMPLETE trial's run FINISHED with one value per epoch. Two launchers of a sweep with
+adaptive seeds run its rounds together, each cell x seed COMPLETE once.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -23,9 +25,11 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from experiments.spec import group_key, load_spec
 from experiments.study import GRACE_ENV, HEARTBEAT_ENV, launch_id
 from experiments.tracking import EPOCH_METRICS
 from mlflow_ui_check import free_port, mlflow_server
+from test_adaptive_seeds import GRID, SEEDS
 from test_faults import every_cell_once, stop_leftovers
 from test_sweep import ROOT, complete_cells, write_spec
 
@@ -152,3 +156,28 @@ def wait_for_study(storage: str, name: str) -> optuna.Study:
             return optuna.load_study(study_name=name, storage=storage)
         time.sleep(0.5)
     raise AssertionError(f"no launcher created study {name!r} within {WAIT_S} s")
+
+
+def test_two_launchers_run_the_rounds_of_adaptive_seeds_together(small_dataset, tmp_path, postgres):
+    spec_path = write_spec(tmp_path, small_dataset, "adaptive", num_epoch=1, workers=1, extra=GRID, seeds=SEEDS)
+    sigmoid, warp, twin = (group_key(cell) for cell in load_spec(spec_path).cells)
+    storage = f"{postgres}/optuna"
+    with mlflow_server(f"{postgres}/mlflow", artifacts=tmp_path / "artifacts") as tracking_uri:
+        launchers = [start_launcher(tmp_path, spec_path, storage, tracking_uri, "a")]
+        try:
+            study = wait_for_study(storage, "adaptive")  # the second finds the first's queue, not an empty study
+            launchers.append(start_launcher(tmp_path, spec_path, storage, tracking_uri, "b"))
+            # each waits for the other's trials of a round before the next is decided, so both see it finished
+            for launcher, name in zip(launchers, "ab"):
+                assert launcher.wait(timeout=WAIT_S) == 0, (tmp_path / f"{name}.txt").read_text()[-3000:]
+        finally:
+            for launcher in launchers:
+                stop_leftovers(launcher)
+    depths = {sigmoid: 3, warp: 4, twin: 4}  # sigmoid separated after its initial seeds, the twins run to max
+    assert complete_cells(study) == Counter({(group, seed): 1 for group, depth in depths.items()
+                                             for seed in range(1, depth + 1)})
+    # a copy queued by both launchers at once fails as a duplicate; nothing else fails
+    assert {t.user_attrs["error"].split(":")[0] for t in study.get_trials() if t.state != TrialState.COMPLETE} <= {
+        "DuplicateCell"}
+    assert {t.user_attrs["launch"] for t in study.get_trials()} <= {launch_id(launcher.pid) for launcher in launchers}
+    assert study.user_attrs["adaptive_seeds"]["saved"] == 1

@@ -19,7 +19,7 @@ test: $(INSTALLED)
 
 # generates data/dance when missing, trains the demo model, prints validation PSNR per epoch
 train-demo: $(INSTALLED)
-	$(BIN)/python -m cvae.train --config configs/demo.yaml
+	$(BIN)/python -m cvae train --config configs/demo.yaml
 
 # the quick sweep (6 trials on 2 CPU workers), logged to mlflow.db
 sweep-demo: $(INSTALLED)

@@ -9,7 +9,7 @@ from cvae.errors import OutputError
 
 CONFIG_FILE = "config.yaml"  # the TrainConfig of the run in a save_root
 PSNR_FILE = "val_psnr_per_frame.csv"  # the per-frame PSNR of its last validation
-RUN_FILES = (CONFIG_FILE, PSNR_FILE)  # what `python -m cvae.train` writes beside checkpoints/
+RUN_FILES = (CONFIG_FILE, PSNR_FILE)  # what `python -m cvae train` writes beside checkpoints/
 
 
 def writable_folder(folder: Path, what: str) -> Path:

@@ -357,8 +357,3 @@ def _state(cfg, epoch, model, optimizer, scheduler, data_rng, noise_rng, history
         "precision": precision(cfg, next(model.parameters()).device),
     }
 
-
-if __name__ == "__main__":
-    from cvae.cli import main
-
-    raise SystemExit(main())

@@ -22,7 +22,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from cvae.errors import CVAEError
-from cvae.predict import add_predict_flags, run as run_prediction
+from cvae.predict_cli import add_predict_flags, run as run_prediction
 from experiments.errors import SpecError, one_line
 from experiments.objective import epoch_field
 from experiments.spec import DEFAULT_TRACKING_URI, METRICS
@@ -131,7 +131,7 @@ def local_checkpoint(run) -> Path:
     if local is None or not local.is_file():
         raise SpecError(f"run {run.info.run_id} ({run.info.run_name}) logged no .ckpt artifact and its save_root "
                         f"holds no {local or CHECKPOINT_NAME}; predict from a checkpoint file with "
-                        f"`python -m cvae.predict --ckpt PATH`")
+                        f"`python -m cvae predict --ckpt PATH`")
     return local
 
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="python -m experiments.best",
                                      description="Predict with the checkpoint of a sweep's best trial, found "
-                                                 "through MLflow (the flags are those of cvae.predict).")
+                                                 "through MLflow (the flags are those of `python -m cvae predict`).")
     parser.add_argument("--sweep", required=True, metavar="NAME", help="the sweep's name, its MLflow experiment")
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
                         help=f"where the sweep logged its runs (default: {DEFAULT_TRACKING_URI})")

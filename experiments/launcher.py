@@ -292,7 +292,7 @@ def sized_execution(spec: SweepSpec, gpus: list[int]) -> Execution:
 def check_data(spec: SweepSpec) -> None:
     """Decode every data set the trials use once, before any worker, so a data problem stops the launch.
 
-    The default data root is generated when missing, as `python -m cvae.train` does. Sampled sweeps
+    The default data root is generated when missing, as `python -m cvae train` does. Sampled sweeps
     are checked with their base configuration.
     """
     seen = set()

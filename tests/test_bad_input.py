@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvae.cli import build_parser, config_from_args, main as train_main
+from cvae.train_cli import build_parser, config_from_args, main as train_main
 from cvae.config import TrainConfig, read_yaml_overrides
 from cvae.data import load_video_data
 from cvae.errors import ConfigError
@@ -55,7 +55,7 @@ def test_any_config_file_builds_or_is_one_line_naming_it(content, tmp_path_facto
     path.write_bytes(content)
     args = build_parser().parse_args(["--config", str(path)])
     try:
-        config_from_args(args, read_yaml_overrides(path), None)  # as `python -m cvae.train --config fuzz.yaml`
+        config_from_args(args, read_yaml_overrides(path), None)  # as `python -m cvae train --config fuzz.yaml`
     except ConfigError as err:
         assert str(err).startswith(f"{path}: ") and "\n" not in str(err), str(err)
 
@@ -82,8 +82,8 @@ def break_dataset(data: Path, damage: str) -> Path:
     return data / "val/val_img"
 
 
-@pytest.mark.parametrize("damage, script", [("truncated png", "run_sweep.py"), ("missing label", "cvae.train"),
-                                            ("wrong count", "run_sweep.py"), ("empty folder", "cvae.train")])
+@pytest.mark.parametrize("damage, script", [("truncated png", "run_sweep.py"), ("missing label", "cvae train"),
+                                            ("wrong count", "run_sweep.py"), ("empty folder", "cvae train")])
 def test_a_broken_data_set_is_one_line_and_exit_code_2(small_dataset_copy, tmp_path, damage, script):
     named = break_dataset(small_dataset_copy, damage)
     if script == "run_sweep.py":
@@ -91,7 +91,7 @@ def test_a_broken_data_set_is_one_line_and_exit_code_2(small_dataset_copy, tmp_p
         spec.write_text(f"name: broken\nbase: {TINY % small_dataset_copy}\nparameters: {{tfr: [0.0, 1.0]}}\n")
         done = run_script([str(ROOT / "run_sweep.py"), str(spec)], tmp_path)
     else:
-        done = run_script(["-m", "cvae.train", "--DR", str(small_dataset_copy), "--save_root", str(tmp_path / "run"),
+        done = run_script(["-m", "cvae", "train", "--DR", str(small_dataset_copy), "--save_root", str(tmp_path / "run"),
                            "--num_epoch", "1"], ROOT)
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]

@@ -34,7 +34,7 @@ def trained(small_dataset, tmp_path_factory):
 
 
 def run_predict(*args):
-    return subprocess.run([sys.executable, "-m", "cvae.predict", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "cvae", "predict", *map(str, args)], capture_output=True, text=True)
 
 
 def png(path):

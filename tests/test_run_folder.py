@@ -1,4 +1,4 @@
-"""A run folder belongs to one run (cvae/folders.py, through `python -m cvae.train`): no command writes over
+"""A run folder belongs to one run (cvae/folders.py, through `python -m cvae train`): no command writes over
 an earlier run's files, a refused one changes nothing, and read-only folders stop a run before it trains."""
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ TINY = ["--F_dim", "16", "--L_dim", "8", "--N_dim", "4", "--D_out_dim", "24", "-
 
 
 def train(data: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cvae.train", "--DR", str(data), *TINY, *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "cvae", "train", "--DR", str(data), *TINY, *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

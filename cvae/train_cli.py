@@ -1,4 +1,4 @@
-"""Command-line flags generated from TrainConfig's fields, and the `python -m cvae.train` entry point."""
+"""`python -m cvae train`: flags generated from TrainConfig's fields, and a run into one run folder."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,12 @@ from pathlib import Path
 
 from cvae import checkpoint, folders
 from cvae.config import TrainConfig, read_yaml_overrides
+from cvae.data import load_video_data
 from cvae.errors import CVAEError, OutputError
+from cvae.metrics import save_psnr_csv
+from cvae.model import VideoCVAE, parameter_count
+from cvae.synthetic import ensure_dataset
+from cvae.train import fit, resolve_device
 
 DEFAULT_DATA_ROOT = TrainConfig.DR
 
@@ -54,7 +59,7 @@ def resume_point(args: argparse.Namespace, overrides: dict) -> Path | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cvae.train", description="Train the pose-conditioned video CVAE.")
+    parser = argparse.ArgumentParser(prog="python -m cvae train", description="Train the pose-conditioned video CVAE.")
     parser.add_argument("--config", type=Path, help="YAML file of TrainConfig overrides")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--ckpt_path", type=Path, help="resume from this checkpoint (its config is the base), in "
@@ -89,12 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: TrainConfig, resume_from: Path | None, overwrite: bool = False) -> None:
     """Train `cfg` into its save_root, which must hold no other run; every check comes before the first write."""
-    from cvae.data import load_video_data
-    from cvae.metrics import save_psnr_csv
-    from cvae.model import VideoCVAE, parameter_count
-    from cvae.synthetic import ensure_dataset
-    from cvae.train import fit, resolve_device
-
     save_root = Path(cfg.save_root)
     model = VideoCVAE(cfg)
     resumed = None

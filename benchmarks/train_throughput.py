@@ -206,10 +206,10 @@ class PngClips(torch.utils.data.Dataset):
     """The lab's dataset: every item decodes its clip's PNGs again."""
 
     def __init__(self, root: Path, cfg: TrainConfig):
-        from cvae.data import _natural_key  # the same file order as the cache
+        from cvae.data import natural_key  # the same file order as the cache
 
         self.cfg = cfg
-        self.images = sorted((root / "train/train_img").glob("*.png"), key=lambda p: _natural_key(p.name))
+        self.images = sorted((root / "train/train_img").glob("*.png"), key=lambda p: natural_key(p.name))
         self.labels = [root / "train/train_label" / p.name for p in self.images]
 
     def __len__(self) -> int:

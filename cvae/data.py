@@ -120,7 +120,7 @@ def load_test_sequences(root: str | Path, frame_H: int, frame_W: int) -> dict[st
     root = Path(root)
     img_root, label_root = _split_dirs(root, "test")
     names = sorted((entry.name for entry in os.scandir(label_root)
-                    if entry.is_dir() and not entry.name.startswith(".")), key=_natural_key)
+                    if entry.is_dir() and not entry.name.startswith(".")), key=natural_key)
     if not names:
         raise DataError(f"{label_root} has no sequence folders; expected one per test sequence, "
                         f"like {label_root / 'seq0'}")
@@ -216,7 +216,7 @@ def _check_consecutive(files: list[_File], folder: Path) -> None:
                             f"and {after.path.name} in {folder}")
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
     """Sort key that orders the digit runs of `name` as numbers: seq2 before seq10."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
 

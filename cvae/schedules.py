@@ -1,6 +1,7 @@
-"""Schedules as pure functions of the epoch: KL beta, teacher forcing ratio, learning rate.
+"""What changes from epoch to epoch: KL beta and teacher forcing ratio, the optimizer and its learning rate scheduler.
 
-Each can be tabulated and plotted without training; nothing here keeps a counter.
+KL beta and teacher forcing are pure functions of the epoch, tabulated and plotted without training; the
+learning rate is torch's scheduler, stepped once per epoch by the trainer.
 """
 from __future__ import annotations
 
@@ -51,12 +52,3 @@ def make_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> tor
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.num_epoch, eta_min=cfg.lr_min)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
-
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate used during `epoch`, from the same scheduler the trainer steps."""
-    optimizer = make_optimizer(cfg, [torch.zeros(1, requires_grad=True)])
-    scheduler = make_lr_scheduler(cfg, optimizer)
-    for _ in range(epoch):
-        optimizer.step()
-        scheduler.step()
-    return scheduler.get_last_lr()[0]

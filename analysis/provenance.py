@@ -1,13 +1,18 @@
 """What a sweep's trials cost and what code they ran, as the report's facts say it: device-hours and devices,
-git commits, and which trials ran from uncommitted changes (the tags `experiments.tracking` logs).
+what adaptive seeds saved, git commits, and which trials ran from uncommitted changes (the tags
+`experiments.tracking` logs, the study's `adaptive_seeds` user attr).
 
 Runs logged before trials recorded these read as unknown, never as zero or as clean.
 """
 from __future__ import annotations
 
+import math
+
+import optuna
 import pandas as pd
 
 from analysis.tables import hours_text
+from experiments.study import ADAPTIVE_SEEDS
 
 SHORT_COMMIT = 7
 LISTED = ["trial", "configuration", "seed", "status", "commit", "run_id"]
@@ -26,6 +31,20 @@ def device_time(trials: pd.DataFrame) -> str:
         return f"{hours} device-hours over {len(ended)} ended trials ({on})"
     return (f"at least {hours} device-hours over {int(logged.sum())} trials ({on}); {int((~logged).sum())} of "
             f"{len(ended)} ended trials were logged before trials recorded their device time")
+
+
+def seeds_saved(study: optuna.Study | None, trials: pd.DataFrame) -> str | None:
+    """What adaptive seeds saved against every configuration running seeds.max: trials, and device-hours at the
+    mean of the finished trials; None for a sweep without adaptive seeds or whose study cannot be read."""
+    saved = None if study is None else study.user_attrs.get(ADAPTIVE_SEEDS)
+    if saved is None:
+        return None
+    seconds = trials.loc[trials["status"] == "COMPLETE", "device_seconds"].mean()  # NaN: none logged it
+    cost = ("their device time is unknown (the runs did not record it)" if math.isnan(seconds) else
+            f"about {hours_text(saved['saved'] * seconds / 3600)} device-hours at a finished trial's mean")
+    rounds = "" if saved["finished"] else " so far (the rounds are not finished)"
+    return (f"{saved['trials']} trials of the {saved['trials_at_max']} that {saved['max_seeds']} seeds of every "
+            f"configuration would take: {saved['saved']} saved{rounds}, {cost}")
 
 
 def code(trials: pd.DataFrame) -> str:

@@ -88,7 +88,8 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
         notes.append("no copy baselines in the table or figures 1 and 5: the finished trials' runs were logged "
                      "without them (before trials logged baselines)")
     try:
-        written = _write(folder, data, made, summary, compared, notes, formats)
+        written = _write(folder, data, made, summary, compared, notes, formats,
+                         provenance.seeds_saved(study, data.trials))
     except OSError as err:  # a read-only or full disk, a folder we may not write into
         raise ReportError(f"--out: cannot write the report into {folder} ({err.strerror or err}); "
                           "give a folder you can write to") from None
@@ -97,7 +98,7 @@ def write_report(tracking_uri: str = DEFAULT_TRACKING_URI, sweep: str | None = N
 
 
 def _write(folder: Path, data: Sweep, made: list[_Made], summary: pd.DataFrame, compared: pd.DataFrame,
-           notes: list[str], formats: Sequence[str]) -> list[Path]:
+           notes: list[str], formats: Sequence[str], seeds_saved: str | None) -> list[Path]:
     """Every file of the report into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     _remove_old_figures(folder)
@@ -111,7 +112,7 @@ def _write(folder: Path, data: Sweep, made: list[_Made], summary: pd.DataFrame, 
     (folder / "summary.md").write_text(markdown_table(tables.formatted(summary)) + "\n", encoding="utf-8")
     per_seed = compared["differences"].map(lambda values: " ".join(f"{value:.6g}" for value in values))
     compared.assign(differences=per_seed).to_csv(folder / "comparisons.csv", index=False, float_format=CSV_FLOAT)
-    document = build_document(data, summary, compared, tuple(entries), notes)
+    document = build_document(data, summary, compared, tuple(entries), notes, seeds_saved)
     (folder / "report.md").write_text(markdown(document), encoding="utf-8")
     (folder / "index.html").write_text(html_page(document), encoding="utf-8")
     return written + [folder / name for name in DOCUMENTS]
@@ -242,7 +243,7 @@ def why_no_history(study: optuna.Study) -> str:
 
 
 def build_document(data: Sweep, table: pd.DataFrame, compared: pd.DataFrame,
-                   entries: tuple[FigureEntry, ...], notes: list[str]) -> Document:
+                   entries: tuple[FigureEntry, ...], notes: list[str], seeds_saved: str | None) -> Document:
     counts = data.trials["status"].value_counts()
     trials = ", ".join(f"{counts[s]} {s.lower()}" for s in ("COMPLETE", "FAILED", "PRUNED", "RUNNING") if s in counts)
     facts = [("sweep", data.name), ("trials", f"{len(data.trials)} ({trials})"),
@@ -250,8 +251,11 @@ def build_document(data: Sweep, table: pd.DataFrame, compared: pd.DataFrame,
              ("seeds", ", ".join(str(s) for s in sorted(data.trials["seed"].unique()))),
              ("sampler", f"{data.sampler}, pruner {data.tags.get(SWEEP_PRUNER, 'none')}"),
              ("objective", f"{data.metric} ({data.direction})"),
-             ("device time", provenance.device_time(data.trials)), ("code", provenance.code(data.trials)),
-             ("MLflow", f"{data.tracking_uri}, experiment {data.experiment_id}, parent run {data.parent_run_id}")]
+             ("device time", provenance.device_time(data.trials))]
+    if seeds_saved is not None:
+        facts.append(("adaptive seeds", seeds_saved))
+    facts += [("code", provenance.code(data.trials)),
+              ("MLflow", f"{data.tracking_uri}, experiment {data.experiment_id}, parent run {data.parent_run_id}")]
     if data.earlier_sweeps:
         facts.append(("note", f"the experiment also holds {data.earlier_sweeps} earlier sweep(s) of this name; "
                               "only the latest is reported"))

@@ -184,3 +184,10 @@ def psnr_figure(per_frame: np.ndarray, title: str):
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right")
     return figure
+
+
+if __name__ == "__main__":  # the command moved to `python -m cvae predict`; this module is the library
+    import sys
+
+    print("error: `python -m cvae.predict` is now `python -m cvae predict` (same flags)", file=sys.stderr)
+    raise SystemExit(2)

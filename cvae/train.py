@@ -357,3 +357,10 @@ def _state(cfg, epoch, model, optimizer, scheduler, data_rng, noise_rng, history
         "precision": precision(cfg, next(model.parameters()).device),
     }
 
+
+
+if __name__ == "__main__":  # the command moved to `python -m cvae train`; this module is the library
+    import sys
+
+    print("error: `python -m cvae.train` is now `python -m cvae train` (same flags)", file=sys.stderr)
+    raise SystemExit(2)

@@ -7,11 +7,13 @@ different thread counts), never separate and run to seeds.max.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
 from optuna.trial import TrialState
 
+from analysis.report import write_report
 from experiments.launcher import configure, describe_outcome
 from experiments.spec import group_key, load_spec
 from experiments.study import ADAPTIVE_SEEDS, open_study
@@ -99,3 +101,14 @@ def test_the_shipped_kl_ablation_dry_run_counts_its_rounds(capsys):
     assert load_script().main([str(ROOT / "sweeps/kl_ablation.yaml"), "--dry-run", "--gpus", "none"]) == 0
     assert ("kl_ablation: 21 trials now (7 configurations x 3 seeds), up to 70 (x 10 seeds) while configurations "
             "are not separated from the best") in capsys.readouterr().out.splitlines()
+
+
+def test_the_report_says_what_the_seeds_adaptive_replication_did_not_run_would_have_cost(adaptive_sweep, tmp_path,
+                                                                                        monkeypatch):
+    folder = adaptive_sweep[0]
+    monkeypatch.chdir(folder)  # where the parent run's relative journal path leads
+    report = write_report(f"sqlite:///{folder / 'mlflow.db'}", sweep="adaptive", out=tmp_path / "report")
+    text = report.markdown.read_text()
+    [line] = [line for line in text.splitlines() if "adaptive seeds" in line]
+    assert "11 trials of the 12 that 4 seeds of every configuration would take: 1 saved, about " in line
+    assert re.search(r"about (< )?[0-9.]+ device-hours at a finished trial's mean", line), line

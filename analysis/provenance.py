@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 
 from analysis.tables import hours_text
-from experiments.study import ADAPTIVE_SEEDS
+from experiments.schema import ADAPTIVE_SEEDS
 
 SHORT_COMMIT = 7
 LISTED = ["trial", "configuration", "seed", "status", "commit", "run_id"]

@@ -25,8 +25,9 @@ from cvae.errors import CVAEError
 from cvae.predict_cli import add_predict_flags, run as run_prediction
 from experiments.errors import SpecError, one_line
 from experiments.objective import epoch_field
-from experiments.spec import DEFAULT_TRACKING_URI, METRICS
-from experiments.tracking import EPOCH_METRICS, IS_PARENT
+from experiments.schema import IS_PARENT, OBJECTIVES, SWEEP_DIRECTION, SWEEP_METRIC
+from experiments.spec import DEFAULT_TRACKING_URI
+from experiments.tracking import EPOCH_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,11 @@ def best_trial(sweep: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> BestTria
         raise SpecError(f"no sweep {sweep!r} in MLflow at {tracking_uri}; "
                         f"the sweeps there are: {', '.join(sweep_names(client)) or 'none'}")
     tags = parents[0].data.tags
-    metric = tags.get("sweep.metric", DEFAULT_OBJECTIVE)
-    if metric not in METRICS:
+    metric = tags.get(SWEEP_METRIC, DEFAULT_OBJECTIVE)
+    if metric not in OBJECTIVES:
         raise SpecError(f"sweep {sweep!r} optimised {metric!r}, which best_trial cannot read back from MLflow "
-                        f"(it knows {', '.join(METRICS)})")
-    direction = tags.get("sweep.direction", METRICS[metric])
+                        f"(it knows {', '.join(OBJECTIVES)})")
+    direction = tags.get(SWEEP_DIRECTION, OBJECTIVES[metric])
     scored = [(value, run) for run in _finished_runs(client, experiment.experiment_id)
               if run.data.tags.get(IS_PARENT) != "true" and math.isfinite(value := _trial_value(client, run, metric))]
     if not scored:

@@ -51,9 +51,10 @@ from experiments.objective import DATA_FIELDS
 from experiments.spec import (DEFAULT_TRACKING_URI, URL, Execution, SweepSpec, group_key, group_label, train_config,
                               trial_plan)
 from experiments.launch_files import check_journal, check_tracking_db, check_tracking_kept, hold_storage
-from experiments.study import (ERROR, MLFLOW_RUN_ID, SEED, Launch, Progress, adaptive_plan, fail_running, find_study,
-                               launch_id, open_study, progress, record_savings, start_launch, summary_table, sweep_id,
-                               unheld_failures)
+from experiments.schema import (ERROR_ATTR, MLFLOW_RUN_ID, SEED, SWEEP_DIRECTION, SWEEP_METRIC, SWEEP_N_TRIALS,
+                                SWEEP_NAME, SWEEP_PRUNER, SWEEP_SAMPLER, SWEEP_SPEC, SWEEP_STORAGE)
+from experiments.study import (Launch, Progress, adaptive_plan, fail_running, find_study, launch_id, open_study,
+                               progress, record_savings, start_launch, summary_table, sweep_id, unheld_failures)
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
 from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
 
@@ -364,7 +365,7 @@ class _Watcher:
                 continue
             self.known.add(trial.number)
             failed = FailedTrial(trial.number, group_label(trial.params), trial.user_attrs[SEED],
-                                 trial.user_attrs.get(ERROR, "its worker stopped"))
+                                 trial.user_attrs.get(ERROR_ATTR, "its worker stopped"))
             self.failed.append(failed)
             log.warning("trial %d (%s, seed %s) FAILED: %s", failed.number, failed.configuration, failed.seed,
                         failed.error)
@@ -388,9 +389,9 @@ def _clean_up(study, parent: ParentRun, why: str) -> None:
 
 
 def _parent_tags(spec: SweepSpec) -> dict[str, str]:
-    return {"sweep.name": spec.name, "sweep.spec": spec.source, "sweep.storage": spec.storage,
-            "sweep.sampler": spec.sampler, "sweep.pruner": spec.pruner, "sweep.n_trials": str(spec.n_trials),
-            "sweep.metric": spec.metric, "sweep.direction": spec.direction}
+    return {SWEEP_NAME: spec.name, SWEEP_SPEC: spec.source, SWEEP_STORAGE: spec.storage,
+            SWEEP_SAMPLER: spec.sampler, SWEEP_PRUNER: spec.pruner, SWEEP_N_TRIALS: str(spec.n_trials),
+            SWEEP_METRIC: spec.metric, SWEEP_DIRECTION: spec.direction}
 
 
 def _spec_text(spec: SweepSpec) -> str:

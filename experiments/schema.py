@@ -108,7 +108,7 @@ STATUS = "sweep.status"  # a child run's Optuna state (RUNNING, COMPLETE, FAILED
 ERROR = "sweep.error"
 # on the parent run, set by the launcher
 SWEEP_SPEC, SWEEP_STORAGE, SWEEP_SAMPLER, SWEEP_PRUNER = "sweep.spec", "sweep.storage", "sweep.sampler", "sweep.pruner"
-SWEEP_METRIC, SWEEP_DIRECTION = "sweep.metric", "sweep.direction"
+SWEEP_METRIC, SWEEP_DIRECTION, SWEEP_N_TRIALS = "sweep.metric", "sweep.direction", "sweep.n_trials"
 # on a trial's run
 TRIAL_NUMBER = "optuna.trial_number"
 SWEEP_NAME, GROUP_KEY, GROUP_LABEL, SEED_TAG = "sweep.name", "sweep.group_key", "sweep.group_label", "sweep.seed"
@@ -126,5 +126,6 @@ HOST_DEVICE = "host.device"  # a trial's device: the GPU's model (NVIDIA H200) o
 # objective's launch, MLflow run, error, folder and the checkpoint it resumed from.
 SEED, GROUP, LAUNCH, MLFLOW_RUN_ID, ERROR_ATTR = "seed", "group", "launch", "mlflow_run_id", "error"
 TRIAL_DIR_ATTR, RESUMED_FROM = "trial_dir", "resumed_from"
-# On the study: the id its MLflow parent run is tagged with, and the base it was run with.
-SWEEP_ID_ATTR, SWEEP_CONFIG = "sweep_id", "sweep_config"
+# On the study: the id its MLflow parent run is tagged with, the base it was run with, and what adaptive seeds
+# ran and saved (`replicates.Savings` as a dict, `study.record_savings`).
+SWEEP_ID_ATTR, SWEEP_CONFIG, ADAPTIVE_SEEDS = "sweep_id", "sweep_config", "adaptive_seeds"

@@ -50,8 +50,8 @@ from experiments import replicates
 from experiments.errors import SpecError, SweepError, one_line, os_reason, show
 from experiments.launch_files import storage_file
 # the user attrs that resuming reads, on a trial (seed, group, ...) and on the study (sweep id, config)
-from experiments.schema import (ERROR_ATTR as ERROR, GROUP, LAUNCH, MLFLOW_RUN_ID, SEED, SWEEP_CONFIG,
-                                SWEEP_ID_ATTR as SWEEP_ID)
+from experiments.schema import (ADAPTIVE_SEEDS, ERROR_ATTR as ERROR, GROUP, LAUNCH, MLFLOW_RUN_ID, SEED,
+                                SWEEP_CONFIG, SWEEP_ID_ATTR as SWEEP_ID)
 from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group_label, trial_plan
 
 HEARTBEAT_S = 60
@@ -60,8 +60,6 @@ GRACE_S = 120
 HEARTBEAT_ENV, GRACE_ENV = "SWEEP_HEARTBEAT_S", "SWEEP_GRACE_S"
 MAX_RETRY = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# On the study: what adaptive seeds ran and saved, `replicates.Savings` as a dict (record_savings).
-ADAPTIVE_SEEDS = "adaptive_seeds"
 log = logging.getLogger(__name__)
 
 

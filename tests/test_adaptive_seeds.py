@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 from analysis.report import write_report
 from experiments.launcher import configure, describe_outcome
 from experiments.spec import group_key, load_spec
-from experiments.study import ADAPTIVE_SEEDS, open_study
+from experiments.schema import ADAPTIVE_SEEDS
+from experiments.study import open_study
 from test_sweep import ROOT, complete_cells, load_script, mlflow_runs, run_launch, write_spec
 
 SEEDS = "{initial: 3, max: 4, until: separated}"

@@ -16,7 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from cvae.errors import CVAEError
 from experiments.errors import ExperimentError
 from experiments.launcher import configure, describe_outcome, describe_plan, launch, parse_gpus
-from experiments.spec import load_spec
+from experiments.spec_loader import load_spec
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,8 @@ from cvae.errors import CVAEError
 from cvae.synthetic import ensure_dataset, generate
 from cvae.train import fit
 from experiments.errors import SpecError
-from experiments.spec import group_label, load_spec, train_config, trial_plan
+from experiments.plan import group_label, train_config, trial_plan
+from experiments.spec_loader import load_spec
 from variants import VARIANTS, parse_variants
 
 TOLERANCE_DB = 0.3

@@ -3,7 +3,7 @@
     python benchmarks/spec_validation.py [--values 100000] [--repeat-last]
 
 Writes a sampled spec whose one parameter, lr, lists `--values` distinct values, and times
-`experiments.spec.load_spec` on it: wall-clock seconds, and CPU seconds, which a busy machine
+`experiments.spec_loader.load_spec` on it: wall-clock seconds, and CPU seconds, which a busy machine
 changes less. `--repeat-last` makes the last value repeat the first, so the whole list is read
 before the one-line error.
 """
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from experiments.errors import SpecError
-from experiments.spec import load_spec
+from experiments.spec_loader import load_spec
 
 
 def write_spec(folder: Path, count: int, repeat_last: bool) -> Path:

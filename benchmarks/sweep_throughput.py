@@ -25,7 +25,7 @@ from pathlib import Path
 from cvae.synthetic import generate
 from experiments.errors import SpecError, SweepError
 from experiments.launcher import configure, launch, parse_gpus
-from experiments.spec import parse_spec
+from experiments.spec_loader import parse_spec
 
 SMALL_MODEL = dict(F_dim=32, L_dim=16, N_dim=4, D_out_dim=48, train_vi_len=8, batch_size=4)
 

@@ -34,7 +34,8 @@ from cvae.data import load_video_data
 from cvae.errors import CVAEError
 from cvae.train import setup, train_step, validate, validate_one_step
 from experiments.errors import SweepError, one_line
-from experiments.spec import SweepSpec, group_label, train_config
+from experiments.plan import group_label, train_config
+from experiments.spec import SweepSpec
 from experiments.workers import bind_device, cpu_count
 
 MEMORY_SIZES = ("F_dim", "L_dim", "N_dim", "D_out_dim", "batch_size", "train_vi_len", "val_vi_len",

@@ -47,12 +47,12 @@ from cvae.synthetic import ensure_dataset
 from experiments import replicates
 from experiments.errors import SpecError, SweepError
 from experiments.gpu_memory import auto_trials_per_gpu
-from experiments.objective import DATA_FIELDS
-from experiments.spec import (DEFAULT_TRACKING_URI, URL, Execution, SweepSpec, group_key, group_label, train_config,
-                              trial_plan)
 from experiments.launch_files import check_journal, check_tracking_db, check_tracking_kept, hold_storage
+from experiments.objective import DATA_FIELDS
+from experiments.plan import group_key, group_label, train_config, trial_plan
 from experiments.schema import (ERROR_ATTR, MLFLOW_RUN_ID, SEED, SWEEP_DIRECTION, SWEEP_METRIC, SWEEP_N_TRIALS,
                                 SWEEP_NAME, SWEEP_PRUNER, SWEEP_SAMPLER, SWEEP_SPEC, SWEEP_STORAGE)
+from experiments.spec import DEFAULT_TRACKING_URI, URL, Execution, SweepSpec
 from experiments.study import (Launch, Progress, adaptive_plan, fail_running, find_study, launch_id, open_study,
                                progress, record_savings, start_launch, summary_table, sweep_id, unheld_failures)
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run

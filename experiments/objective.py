@@ -36,11 +36,12 @@ from cvae.predict import load_model
 from cvae.train import EpochReport, History, fit, precision, resolve_device, sample_rollouts
 from cvae.video import save_gif, side_by_side, to_uint8
 from experiments.errors import one_line
+from experiments.plan import group_key, group_label, train_config
 from experiments.provenance import collect, data_set
 from experiments.schema import (ERROR_ATTR, GPU, GROUP_KEY, GROUP_LABEL, LAUNCH, LAUNCH_TAG, MLFLOW_RUN_ID, PRECISION,
                                 RESUMED_FROM, RESUMED_FROM_TAG, SEED_TAG, SWEEP_NAME, TRIAL_DIR, TRIAL_DIR_ATTR,
                                 TRIAL_NUMBER, WORKER, objective_metric)
-from experiments.spec import SweepSpec, group_key, group_label, train_config
+from experiments.spec import SweepSpec
 from experiments.study import holder, suggest
 from experiments.tracking import ParentRun, TrialRun, log_dataset, provenance_tags
 

@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from analysis import stats
-from experiments.spec import SweepSpec, group_key, group_label
+from experiments.plan import group_key, group_label
+from experiments.spec import SweepSpec
 
 Values = Mapping[tuple[str, int], float]  # (group key, seed) -> the objective value of its COMPLETE trial
 

@@ -2,8 +2,8 @@
 direction, unit and table header), the MLflow tags and the Optuna user attrs.
 
 The trainer's EpochReport holds the values; `experiments.tracking` logs them under these keys,
-`experiments.spec` offers the epoch metrics with a direction as objectives, and `analysis` reads them back
-into columns. A metric added to METRICS is logged, selectable and reported without another table to edit.
+`experiments.spec_sections` offers the epoch metrics with a direction as objectives, and `analysis` reads them
+back into columns. A metric added to METRICS is logged, selectable and reported without another table to edit.
 Runs logged earlier are read by these strings: a key or tag, once logged, is never renamed.
 """
 from __future__ import annotations

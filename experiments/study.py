@@ -49,10 +49,11 @@ from cvae.config import LEGACY_VALUES, TrainConfig
 from experiments import replicates
 from experiments.errors import SpecError, SweepError, one_line, os_reason, show
 from experiments.launch_files import storage_file
+from experiments.plan import group_key, group_label, trial_plan
+from experiments.samplers import make_pruner, make_sampler
 # the user attrs that resuming reads, on a trial (seed, group, ...) and on the study (sweep id, config)
-from experiments.schema import (ADAPTIVE_SEEDS, ERROR_ATTR as ERROR, GROUP, LAUNCH, MLFLOW_RUN_ID, SEED,
-                                SWEEP_CONFIG, SWEEP_ID_ATTR as SWEEP_ID)
-from experiments.spec import PRUNERS, SAMPLERS, URL, SweepSpec, group_key, group_label, trial_plan
+from experiments.schema import ADAPTIVE_SEEDS, GROUP, LAUNCH, SEED, SWEEP_CONFIG, SWEEP_ID_ATTR as SWEEP_ID
+from experiments.spec import URL, SweepSpec
 
 HEARTBEAT_S = 60
 GRACE_S = 120
@@ -61,23 +62,6 @@ HEARTBEAT_ENV, GRACE_ENV = "SWEEP_HEARTBEAT_S", "SWEEP_GRACE_S"
 MAX_RETRY = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
-
-
-def make_sampler(spec: SweepSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded from `sampler.seed` (default 0).
-
-    Each worker process of a tpe or random sweep adds its index to the seed, or all workers would
-    draw the same points; qmc keeps one seed, since its workers share one sequence through the study.
-    """
-    options = dict(spec.sampler_options)
-    seed = options.pop("seed", 0)
-    if seed is not None and spec.sampler in ("tpe", "random"):
-        seed += worker
-    return SAMPLERS[spec.sampler](seed=seed, **options)
-
-
-def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    return PRUNERS[spec.pruner](**spec.pruner_options)
 
 
 def make_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:

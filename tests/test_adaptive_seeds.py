@@ -15,8 +15,9 @@ from optuna.trial import TrialState
 
 from analysis.report import write_report
 from experiments.launcher import configure, describe_outcome
-from experiments.spec import group_key, load_spec
+from experiments.plan import group_key
 from experiments.schema import ADAPTIVE_SEEDS
+from experiments.spec_loader import load_spec
 from experiments.study import open_study
 from test_sweep import ROOT, complete_cells, load_script, mlflow_runs, run_launch, write_spec
 

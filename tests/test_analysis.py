@@ -31,8 +31,9 @@ from cvae.data import load_video_data
 from cvae.metrics import CopyBaselines
 from cvae.train import EpochReport
 from experiments.launcher import configure
+from experiments.plan import group_key, trial_plan
 from experiments.schema import BY_NAME
-from experiments.spec import group_key, load_spec, trial_plan
+from experiments.spec_loader import load_spec
 from experiments.study import open_study
 from experiments.tracking import GIT_DIRTY, HOST_DEVICE, STATUS, TrialRun, open_parent_run
 

@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from cvae import checkpoint
 from experiments.launcher import configure, describe_outcome
-from experiments.spec import group_key, load_spec, trial_plan
+from experiments.plan import group_key, trial_plan
+from experiments.spec_loader import load_spec
 from experiments.study import open_study
 from experiments.tracking import EPOCH_METRICS
 from test_sweep import ROOT, complete_cells, live_processes, mlflow_runs, run_launch, write_spec

@@ -18,7 +18,7 @@ from experiments.gpu_memory import (
     measure_trial_peak,
     trials_that_fit,
 )
-from experiments.spec import load_spec, parse_spec
+from experiments.spec_loader import load_spec, parse_spec
 
 GIB = 2**30
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"

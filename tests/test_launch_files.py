@@ -21,7 +21,7 @@ from experiments.errors import SpecError, SweepError
 from experiments.launch_files import (LOCK_SUFFIX, check_journal, check_tracking_db, check_tracking_kept,
                                       hold_storage, storage_file)
 from experiments.launcher import configure
-from experiments.spec import load_spec
+from experiments.spec_loader import load_spec
 from experiments.study import open_study
 from test_run_folder import read_only
 from test_sweep import ROOT, run_launch, write_spec

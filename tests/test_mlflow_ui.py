@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from experiments.launcher import configure, launch
-from experiments.spec import load_spec
+from experiments.spec_loader import load_spec
 from mlflow_ui_check import check_pages, check_sweep, find_chromium, mlflow_server
 
 

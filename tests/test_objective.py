@@ -17,8 +17,9 @@ from cvae.synthetic import generate
 from cvae.train import EpochReport, History, native_bf16
 from experiments import objective as objective_module
 from experiments.objective import Objective, describe_error, epoch_field, objective_value, trial_folder
+from experiments.plan import group_key
 from experiments.provenance import device_name
-from experiments.spec import group_key, load_spec
+from experiments.spec_loader import load_spec
 from experiments.tracking import open_parent_run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.spec import group_key, parse_spec
+from experiments.plan import group_key
+from experiments.spec_loader import parse_spec
 
 # Computed by the code that named the trial folders, Optuna user attrs and MLflow tags of every sweep run so
 # far: a changed value would leave a resumed study unable to find its finished cells.

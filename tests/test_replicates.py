@@ -5,8 +5,9 @@ from typing import Callable
 
 import pytest
 
+from experiments.plan import group_key
 from experiments.replicates import Savings, describe, plan, planned_cells, savings
-from experiments.spec import group_key, parse_spec
+from experiments.spec_loader import parse_spec
 
 CONFIGS = ("good", "twin", "bad")  # lr 1e-3, the same again under another name, lr 1e-9
 

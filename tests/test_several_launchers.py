@@ -25,7 +25,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from experiments.spec import group_key, load_spec
+from experiments.plan import group_key
+from experiments.spec_loader import load_spec
 from experiments.study import GRACE_ENV, HEARTBEAT_ENV, launch_id
 from experiments.tracking import EPOCH_METRICS
 from mlflow_ui_check import free_port, mlflow_server

@@ -1,4 +1,4 @@
-"""experiments/spec.py: YAML sweep specs, their errors, plans and the Optuna study they drive."""
+"""experiments/spec_loader.py and spec_sections.py: YAML sweep specs, their errors, plans and the study they drive."""
 from __future__ import annotations
 
 import os
@@ -13,21 +13,13 @@ from hypothesis import strategies as st
 
 from cvae.config import TrainConfig
 from experiments.errors import SpecError
-from experiments.spec import (
-    DISTRIBUTIONS,
-    METRICS,
-    PARAMETER_KEYS,
-    TOP_KEYS,
-    AdaptiveSeeds,
-    Execution,
-    grid_cells,
-    group_key,
-    group_label,
-    load_spec,
-    train_config,
-    trial_plan,
-)
-from experiments.study import make_pruner, make_sampler, make_storage
+from experiments.plan import grid_cells, group_key, group_label, train_config, trial_plan
+from experiments.samplers import make_pruner, make_sampler
+from experiments.schema import OBJECTIVES as METRICS
+from experiments.spec import AdaptiveSeeds, Execution
+from experiments.spec_loader import TOP_KEYS, load_spec
+from experiments.spec_sections import DISTRIBUTIONS, PARAMETER_KEYS
+from experiments.study import make_storage
 from experiments.workers import resolve_gpus, worker_gpus
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"

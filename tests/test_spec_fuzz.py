@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiments.errors import SpecError
-from experiments.spec import load_spec
+from experiments.spec_loader import load_spec
 
 QUICK = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "quick.yaml").read_text())
 SECTIONS = [*QUICK, "objective", "storage", "mlflow", "pruner", "search", "nonsense"]

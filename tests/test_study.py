@@ -11,14 +11,15 @@ import pytest
 from optuna.trial import TrialState
 
 from experiments.errors import SpecError
+from experiments.plan import group_key, train_config, trial_plan
 from experiments.replicates import Savings
-from experiments.spec import group_key, load_spec, train_config, trial_plan
+from experiments.samplers import make_sampler
+from experiments.spec_loader import load_spec
 from experiments.study import (
     Launch,
     fail_running,
     find_study,
     holder,
-    make_sampler,
     make_storage,
     missing_cells,
     open_study,

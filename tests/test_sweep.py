@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from cvae.config import TrainConfig
 from experiments.launcher import configure, describe_outcome, launch
-from experiments.spec import group_key, load_spec, trial_plan
+from experiments.plan import group_key, trial_plan
+from experiments.spec_loader import load_spec
 from experiments.study import open_study
 from mlflow_ui_check import check_sweep, mlflow_server
 

@@ -27,7 +27,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from analysis import stats
 from experiments.plan import group_key, group_label
 from experiments.spec import SweepSpec
 
@@ -115,6 +114,10 @@ def describe(spec: SweepSpec, planned: Plan) -> str:
 
 def _compare(spec: SweepSpec, depths: dict[str, int], values: Values) -> tuple[str, tuple[Comparison, ...]]:
     """The best configuration by mean, and every other one's paired interval against it on their shared seeds."""
+    # here, not at the top: every worker imports this module (through experiments.study) and would load scipy
+    # and statsmodels, a second of each worker's start, for rounds only the launcher decides
+    from analysis import stats
+
     runs = {group: np.array([values[group, seed] for seed in spec.seeds[:depth]]) for group, depth in depths.items()}
     pick = max if spec.direction == "maximize" else min
     best = pick(runs, key=lambda group: runs[group].mean())  # the first of equals: spec order

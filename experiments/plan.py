@@ -12,11 +12,6 @@ from experiments.errors import SpecError, one_line
 from experiments.spec import Parameter, SweepSpec
 
 
-def grid_cells(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every configuration of a grid in spec order, without seed; empty for a sampled sweep."""
-    return [dict(cell) for cell in spec.cells]
-
-
 def trial_plan(spec: SweepSpec) -> list[tuple[dict[str, Any], int]]:
     """Every (configuration, seed) to run, seed-major; a sampled sweep shows its distributions.
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cvae.config import TrainConfig
 from experiments.errors import SpecError
-from experiments.plan import grid_cells, group_key, group_label, train_config, trial_plan
+from experiments.plan import group_key, group_label, train_config, trial_plan
 from experiments.samplers import make_pruner, make_sampler
 from experiments.schema import OBJECTIVES as METRICS
 from experiments.spec import AdaptiveSeeds, Execution
@@ -60,7 +60,7 @@ def test_shipped_specs_are_all_here():
 
 def test_kl_ablation_is_a_union_of_subgrids_with_adaptive_seeds():
     spec = load_spec(SWEEPS / "kl_ablation.yaml")
-    labels = [group_label(cell) for cell in grid_cells(spec)]
+    labels = [group_label(cell) for cell in spec.cells]
     assert labels == [
         "kl_anneal_type=Cyclical, kl_anneal_cycle=10, kl_anneal_ratio=0.5",
         "kl_anneal_type=Cyclical, kl_anneal_cycle=10, kl_anneal_ratio=1.0",
@@ -73,7 +73,7 @@ def test_kl_ablation_is_a_union_of_subgrids_with_adaptive_seeds():
     assert (spec.seeds, spec.adaptive) == (tuple(range(1, 11)), AdaptiveSeeds(initial=3, max=10, until="separated"))
     assert len(trial_plan(spec)) == spec.n_trials == 21  # the initial seeds; the rounds may add up to 49
     assert spec.execution.gpus == "auto"
-    cfg = train_config(spec, grid_cells(spec)[0], 3)
+    cfg = train_config(spec, spec.cells[0], 3)
     assert (cfg.tfr, cfg.tfr_sde, cfg.tfr_d_step, cfg.seed) == (1.0, 10, 0.1, 3)
     assert cfg.F_dim == TrainConfig().F_dim
 
@@ -85,11 +85,11 @@ def test_shipped_plan_counts():
 
 def test_lab_experiments_best_setting():
     spec = load_spec(SWEEPS / "lab_experiments.yaml")
-    best = train_config(spec, grid_cells(spec)[-1], 1)
+    best = train_config(spec, spec.cells[-1], 1)
     assert (best.optim, best.lr_schedule, best.lr, best.batch_size) == ("AdamW", "cosine", 1e-4, 16)
     assert (best.kl_anneal_type, best.kl_anneal_cycle, best.kl_anneal_ratio, best.tfr) == ("Cyclical", 20, 0.5, 0.0)
     # the first cell is the lab's defaults with the lab recipe of configs/lab.yaml
-    assert train_config(spec, grid_cells(spec)[0], 1) == \
+    assert train_config(spec, spec.cells[0], 1) == \
         TrainConfig(seed=1, model="lab", frame_output="mask", norm="group", augment=True)
 
 
@@ -99,7 +99,7 @@ def test_quick_is_a_small_cpu_sweep():
     assert spec.execution == Execution(gpus=(), trials_per_gpu=1, cpu_workers=2)
     assert resolve_gpus(spec.execution) == []
     assert worker_gpus(spec.execution, []) == [None, None]
-    cfg = train_config(spec, grid_cells(spec)[0], 1)
+    cfg = train_config(spec, spec.cells[0], 1)
     assert (cfg.F_dim, cfg.L_dim, cfg.N_dim, cfg.D_out_dim) == (32, 16, 4, 48)
     assert cfg.DR == TrainConfig().DR  # the default data set, which the launcher generates when missing
 
@@ -287,7 +287,7 @@ def test_adaptive_seeds_are_one_to_max_and_the_plan_holds_the_initial_ones(tmp_p
 def test_plan_is_seed_major_and_n_trials_keeps_its_head(tmp_path):
     spec = load_spec(write(tmp_path, "name: x\nparameters:\n  tfr: [0.0, 1]\nseeds: [7, 8]\nn_trials: 3\n"))
     assert trial_plan(spec) == [({"tfr": 0.0}, 7), ({"tfr": 1.0}, 7), ({"tfr": 0.0}, 8)]
-    assert grid_cells(spec) == [{"tfr": 0.0}, {"tfr": 1.0}]
+    assert list(spec.cells) == [{"tfr": 0.0}, {"tfr": 1.0}]
 
 
 def test_values_are_read_as_train_config_reads_them(tmp_path):
@@ -298,8 +298,8 @@ def test_values_are_read_as_train_config_reads_them(tmp_path):
           milestones: {value: "10,20"}
           bf16: [true, false]
         """))
-    assert grid_cells(spec)[0] == {"lr": 0.0001, "milestones": "10,20", "bf16": True}
-    assert train_config(spec, grid_cells(spec)[0], 1).milestones == (10, 20)
+    assert spec.cells[0] == {"lr": 0.0001, "milestones": "10,20", "bf16": True}
+    assert train_config(spec, spec.cells[0], 1).milestones == (10, 20)
 
 
 def test_a_long_values_list_keeps_its_order_and_a_repeat_at_its_end_is_named(tmp_path):
@@ -319,7 +319,7 @@ def test_parameters_cross_every_subgrid(tmp_path):
           - {kl_anneal_type: Cyclical, kl_anneal_cycle: [10, 20]}
           - {kl_anneal_type: None}
         """))
-    assert [group_label(c) for c in grid_cells(spec)] == [
+    assert [group_label(c) for c in spec.cells] == [
         "optim=Adam, kl_anneal_type=Cyclical, kl_anneal_cycle=10",
         "optim=Adam, kl_anneal_type=Cyclical, kl_anneal_cycle=20",
         "optim=AdamW, kl_anneal_type=Cyclical, kl_anneal_cycle=10",

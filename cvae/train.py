@@ -358,7 +358,6 @@ def _state(cfg, epoch, model, optimizer, scheduler, data_rng, noise_rng, history
     }
 
 
-
 if __name__ == "__main__":  # the command moved to `python -m cvae train`; this module is the library
     import sys
 

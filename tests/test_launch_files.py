@@ -221,7 +221,7 @@ def test_a_damaged_journal_stops_the_launch_and_is_left_as_it_was(sweep_copy, da
     lines = journal.read_bytes().splitlines(keepends=True)
     if damage == "garbage line":
         journal.write_bytes(b"".join(lines[:3] + [b"{not json\n"] + lines[3:]))
-        expected = f"line 4 is not an Optuna journal record ('{{not json'); the launch changed nothing: " \
+        expected = "line 4 is not an Optuna journal record ('{not json'); the launch changed nothing: " \
                    "restore the file, or delete that line"
     else:
         journal.write_bytes(b"".join(lines) + lines[-1][:25])  # a record whose write was cut short

@@ -56,7 +56,7 @@ from experiments.spec import DEFAULT_TRACKING_URI, URL, Execution, SweepSpec
 from experiments.study import (Launch, Progress, adaptive_plan, fail_running, find_study, launch_id, open_study,
                                progress, record_savings, start_launch, summary_table, sweep_id, unheld_failures)
 from experiments.tracking import ParentRun, check_reachable, close_orphans, finish_parent, open_parent_run
-from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_gpus
+from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, worker_context, worker_gpus
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 POLL_S = 2.0
@@ -309,12 +309,12 @@ def check_data(spec: SweepSpec) -> None:
 
 
 def _run_workers(jobs: list[WorkerJob], watcher: "_Watcher", bar: tqdm) -> None:
-    """Start a loky process per job and watch the study until all have returned.
+    """Start a loky process per job (a fork of the forkserver) and watch the study until all have returned.
 
     A new pool each time: a process keeps the GPU its first job bound. On Ctrl-C the workers stop their
     trials themselves (`_stop_workers`); on any other error they are killed.
     """
-    executor = ProcessPoolExecutor(max_workers=len(jobs))
+    executor = ProcessPoolExecutor(max_workers=len(jobs), context=worker_context())
     futures = [executor.submit(run_worker, job) for job in jobs]
     try:
         pending = set(futures)

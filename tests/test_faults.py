@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cvae import checkpoint
-from experiments.launcher import configure, describe_outcome
+from experiments.launcher import configure
 from experiments.plan import group_key, trial_plan
 from experiments.spec_loader import load_spec
 from experiments.study import open_study
@@ -38,25 +38,29 @@ def every_cell_once(spec_path: Path) -> Counter:
     return Counter((group_key(cell), seed) for cell, seed in trial_plan(load_spec(spec_path)))
 
 
+def run_sweep(folder: Path, spec_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python run_sweep.py SPEC` in `folder` with `env` added to this environment."""
+    return subprocess.run([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name], cwd=folder,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+
 def test_out_of_memory_and_an_exception_fail_their_trials_and_the_sweep_goes_on(small_dataset, tmp_path,
-                                                                                monkeypatch, caplog):
+                                                                                monkeypatch):
     spec_path = write_spec(tmp_path, small_dataset, "faulty", extra="parameters: {F_dim: [16, 40, 48]}")
     spec_path.write_text(spec_path.read_text().replace("seeds: [1, 2]", "seeds: [1]").replace("F_dim: 16, ", ""))
-    monkeypatch.setenv("PYTHONPATH", str(FAULTS))  # the worker processes inherit it, and the faults
-    monkeypatch.setenv("CVAE_TEST_OOM_CHANNELS", "40")
-    monkeypatch.setenv("CVAE_TEST_ERROR_CHANNELS", "48")
-    outcome = run_launch(tmp_path, spec_path, monkeypatch)
+    # a launcher of its own: its workers, forks of its forkserver, get the faults the environment names
+    faulty = run_sweep(tmp_path, spec_path, {"PYTHONPATH": str(FAULTS), "CVAE_TEST_OOM_CHANNELS": "40",
+                                             "CVAE_TEST_ERROR_CHANNELS": "48"})
 
-    assert (outcome.progress.done, outcome.progress.total, outcome.exit_code) == (1, 3, 1)
-    errors = {failed.configuration: failed.error for failed in outcome.failed}
-    assert errors == {
+    assert faulty.returncode == 1, faulty.stderr[-2000:]
+    errors = {
         "F_dim=40": "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB "
                     "(injected by tests/faults for a 40-channel layer)",
         "F_dim=48": "RuntimeError: injected by tests/faults for a 48-channel layer"}
     for configuration, error in errors.items():
-        assert f"({configuration}, seed 1) FAILED: {error}" in caplog.text
-    report = describe_outcome(outcome, "python run_sweep.py faulty.yaml")
-    assert "2 trials failed in this launch:" in report and "2 trials still to run" in report
+        assert f"({configuration}, seed 1) FAILED: {error}" in faulty.stderr
+        assert f"({configuration}, seed 1): {error}" in faulty.stdout
+    assert "2 trials failed in this launch:" in faulty.stdout and "2 trials still to run" in faulty.stdout
 
     study = journal_study(tmp_path, spec_path)
     client, parents, children = mlflow_runs(tmp_path, "faulty")
@@ -69,9 +73,7 @@ def test_out_of_memory_and_an_exception_fail_their_trials_and_the_sweep_goes_on(
     assert client.list_artifacts(by_f_dim["40"].info.run_id) == []
     assert Counter(t.state for t in study.trials) == {TrialState.COMPLETE: 1, TrialState.FAIL: 2}
 
-    monkeypatch.delenv("CVAE_TEST_OOM_CHANNELS")  # the GPU has memory again, the bug is fixed: rerun
-    monkeypatch.delenv("CVAE_TEST_ERROR_CHANNELS")
-    rerun = run_launch(tmp_path, spec_path, monkeypatch)
+    rerun = run_launch(tmp_path, spec_path, monkeypatch)  # the GPU has memory again, the bug is fixed: rerun
     assert (rerun.progress.done, rerun.exit_code, rerun.failed) == (3, 0, ())
     assert complete_cells(journal_study(tmp_path, spec_path)) == every_cell_once(spec_path)
     _, parents, children = mlflow_runs(tmp_path, "faulty")
@@ -94,6 +96,14 @@ def start_sweep(folder: Path, spec_path: Path) -> subprocess.Popen:
     with open(folder / "out.txt", "w") as out, open(folder / "err.txt", "w") as err:
         return subprocess.Popen([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name], cwd=folder,
                                 stdout=out, stderr=err, start_new_session=True)
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of process `pid`, from /proc; 0 for a process that is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return 0
 
 
 def wait_for_checkpoint(folder: Path, launcher: subprocess.Popen, epoch: int) -> Path:
@@ -167,14 +177,13 @@ def test_ctrl_c_of_the_launcher_stops_cleanly_and_the_rerun_resumes_each_trial_f
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_worker_killed_mid_epoch_and_a_truncated_checkpoint_lose_nothing(small_dataset, tmp_path, monkeypatch,
-                                                                           capfd):
+def test_a_worker_killed_mid_epoch_and_a_truncated_checkpoint_lose_nothing(small_dataset, tmp_path):
     spec_path = write_spec(tmp_path, small_dataset, "sigkill", num_epoch=EPOCHS)
     launcher = start_sweep(tmp_path, spec_path)
     try:
         trial_dir = wait_for_checkpoint(tmp_path, launcher, 2)
-        workers = [pid for pid in live_processes(launcher.pid) if pid != launcher.pid
-                   and b"LokyProcess" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        # the workers are forks of the launcher's forkserver, the launcher's child
+        workers = [pid for pid in live_processes(launcher.pid) if parent_pid(parent_pid(pid)) == launcher.pid]
         assert len(workers) == 2, workers
         os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
         assert launcher.wait(timeout=60) == 2
@@ -190,11 +199,9 @@ def test_a_worker_killed_mid_epoch_and_a_truncated_checkpoint_lose_nothing(small
     assert len(files) == 2  # the newest two are kept
     newest = files[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # as a full disk or a crash mid-write could leave it
-    capfd.readouterr()
-    rerun = run_launch(tmp_path, spec_path, monkeypatch)
-    assert (rerun.progress.done, rerun.exit_code, rerun.failed) == (4, 0, ())
-    logged = capfd.readouterr().err
-    assert f"checkpoint {newest} is corrupt or not a checkpoint" in logged
+    rerun = run_sweep(tmp_path, spec_path, {})  # a launcher of its own: its workers write to its stderr
+    assert rerun.returncode == 0 and "4 of 4 trials done" in rerun.stdout, rerun.stderr[-2000:]
+    assert f"checkpoint {newest} is corrupt or not a checkpoint" in rerun.stderr
     complete = check_finished_and_whole(tmp_path, spec_path)
     [resumed] = [t for t in complete.values() if t.user_attrs["trial_dir"] == str(trial_dir)]
     assert resumed.user_attrs["resumed_from"] == str(files[0])

@@ -50,9 +50,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def postgres():
-    """A PostgreSQL server on 127.0.0.1 with databases optuna and mlflow; yields its base URL.
+    """A PostgreSQL server on 127.0.0.1 with databases optuna and mlflow, shared by this module's tests (each
+    its own sweep name); yields its base URL.
 
     Its folder is made with mkdtemp, not in tmp_path: as root, initdb must run as `postgres`, which
     cannot enter pytest's private temp folders.
@@ -80,6 +81,13 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def tracking_uri(postgres, tmp_path_factory):
+    """`mlflow server` on the PostgreSQL database mlflow, shared by this module's tests; yields its URL."""
+    with mlflow_server(f"{postgres}/mlflow", artifacts=tmp_path_factory.mktemp("mlflow") / "artifacts") as url:
+        yield url
+
+
 def start_launcher(folder: Path, spec_path: Path, storage: str, tracking_uri: str, name: str) -> subprocess.Popen:
     """`python run_sweep.py SPEC --storage ... --tracking-uri ...` in its own session, output in `name`.txt."""
     env = {**os.environ, HEARTBEAT_ENV: str(HEARTBEAT_S), GRACE_ENV: str(GRACE_S)}
@@ -102,53 +110,52 @@ def wait_mid_trial(study: optuna.Study, launcher: subprocess.Popen, folder: Path
 
 
 def test_two_launchers_share_a_sweep_and_the_survivor_takes_over_the_killed_ones_trials(
-        small_dataset, tmp_path, postgres):
+        small_dataset, tmp_path, postgres, tracking_uri):
     assert socket.gethostname()  # launch ids are host:pid
     spec_path = write_spec(tmp_path, small_dataset, "shared", num_epoch=EPOCHS, workers=1,
                            extra="parameters: {tfr: [0.0, 1.0]}")
     storage = f"{postgres}/optuna"
-    with mlflow_server(f"{postgres}/mlflow", artifacts=tmp_path / "artifacts") as tracking_uri:
-        first = start_launcher(tmp_path, spec_path, storage, tracking_uri, "a")
-        second = start_launcher(tmp_path, spec_path, storage, tracking_uri, "b")
-        try:
-            study = wait_for_study(storage, "shared")
-            killed = wait_mid_trial(study, first, tmp_path)
-            os.killpg(first.pid, signal.SIGKILL)
-            killed_at = time.monotonic()
-            assert second.wait(timeout=WAIT_S) in (0, 1), (tmp_path / "b.txt").read_text()[-3000:]
-            if complete_cells(study) != every_cell_once(spec_path):
-                # the survivor ran dry before the killed trial's heartbeat went stale: a rerun takes it over
-                time.sleep(max(0.0, killed_at + GRACE_S + HEARTBEAT_S - time.monotonic()))
-                rerun = start_launcher(tmp_path, spec_path, storage, tracking_uri, "c")
-                assert rerun.wait(timeout=WAIT_S) == 0, (tmp_path / "c.txt").read_text()[-3000:]
-        finally:
-            for launcher in (first, second):
-                stop_leftovers(launcher)
+    first = start_launcher(tmp_path, spec_path, storage, tracking_uri, "a")
+    second = start_launcher(tmp_path, spec_path, storage, tracking_uri, "b")
+    try:
+        study = wait_for_study(storage, "shared")
+        killed = wait_mid_trial(study, first, tmp_path)
+        os.killpg(first.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert second.wait(timeout=WAIT_S) in (0, 1), (tmp_path / "b.txt").read_text()[-3000:]
+        if complete_cells(study) != every_cell_once(spec_path):
+            # the survivor ran dry before the killed trial's heartbeat went stale: a rerun takes it over
+            time.sleep(max(0.0, killed_at + GRACE_S + HEARTBEAT_S - time.monotonic()))
+            rerun = start_launcher(tmp_path, spec_path, storage, tracking_uri, "c")
+            assert rerun.wait(timeout=WAIT_S) == 0, (tmp_path / "c.txt").read_text()[-3000:]
+    finally:
+        for launcher in (first, second):
+            stop_leftovers(launcher)
 
-        trials = study.get_trials()
-        assert complete_cells(study) == every_cell_once(spec_path)
-        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-        [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
-        # The retry trains the cell, unless the launchers queued it twice as they prepared at once and the
-        # other copy finished it first.
-        assert retry.state == TrialState.COMPLETE or retry.user_attrs["error"].startswith(
-            "DuplicateCell: cell already COMPLETE"), retry.user_attrs
-        assert retry.user_attrs["launch"] != launch_id(first.pid)
-        [done] = [t for t in trials if t.state == TrialState.COMPLETE and
-                  all(t.user_attrs[key] == killed.user_attrs[key] for key in ("group", "seed"))]
-        assert done.user_attrs["launch"] != launch_id(first.pid)
+    trials = study.get_trials()
+    assert complete_cells(study) == every_cell_once(spec_path)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    # The retry trains the cell, unless the launchers queued it twice as they prepared at once and the
+    # other copy finished it first.
+    assert retry.state == TrialState.COMPLETE or retry.user_attrs["error"].startswith(
+        "DuplicateCell: cell already COMPLETE"), retry.user_attrs
+    assert retry.user_attrs["launch"] != launch_id(first.pid)
+    [done] = [t for t in trials if t.state == TrialState.COMPLETE and
+              all(t.user_attrs[key] == killed.user_attrs[key] for key in ("group", "seed"))]
+    assert done.user_attrs["launch"] != launch_id(first.pid)
 
-        client = MlflowClient(tracking_uri)
-        runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
-        parents = [run for run in runs if run.data.tags.get("sweep.parent") == "true"]
-        children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-        assert len(parents) == 1
-        assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
-        complete = {t.user_attrs["mlflow_run_id"]: t for t in trials if t.state == TrialState.COMPLETE}
-        assert {run.info.run_id for run in children if run.info.status == "FINISHED"} == set(complete)
-        for run_id in complete:
-            for key in EPOCH_METRICS:
-                assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(EPOCHS)), key
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    parents = [run for run in runs if run.data.tags.get("sweep.parent") == "true"]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(parents) == 1
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
+    complete = {t.user_attrs["mlflow_run_id"]: t for t in trials if t.state == TrialState.COMPLETE}
+    assert {run.info.run_id for run in children if run.info.status == "FINISHED"} == set(complete)
+    for run_id in complete:
+        for key in EPOCH_METRICS:
+            assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(EPOCHS)), key
 
 
 def wait_for_study(storage: str, name: str) -> optuna.Study:
@@ -161,21 +168,20 @@ def wait_for_study(storage: str, name: str) -> optuna.Study:
     raise AssertionError(f"no launcher created study {name!r} within {WAIT_S} s")
 
 
-def test_two_launchers_run_the_rounds_of_adaptive_seeds_together(small_dataset, tmp_path, postgres):
+def test_two_launchers_run_the_rounds_of_adaptive_seeds_together(small_dataset, tmp_path, postgres, tracking_uri):
     spec_path = write_spec(tmp_path, small_dataset, "adaptive", num_epoch=1, workers=1, extra=GRID, seeds=SEEDS)
     sigmoid, warp, twin = (group_key(cell) for cell in load_spec(spec_path).cells)
     storage = f"{postgres}/optuna"
-    with mlflow_server(f"{postgres}/mlflow", artifacts=tmp_path / "artifacts") as tracking_uri:
-        launchers = [start_launcher(tmp_path, spec_path, storage, tracking_uri, "a")]
-        try:
-            study = wait_for_study(storage, "adaptive")  # the second finds the first's queue, not an empty study
-            launchers.append(start_launcher(tmp_path, spec_path, storage, tracking_uri, "b"))
-            # each waits for the other's trials of a round before the next is decided, so both see it finished
-            for launcher, name in zip(launchers, "ab"):
-                assert launcher.wait(timeout=WAIT_S) == 0, (tmp_path / f"{name}.txt").read_text()[-3000:]
-        finally:
-            for launcher in launchers:
-                stop_leftovers(launcher)
+    launchers = [start_launcher(tmp_path, spec_path, storage, tracking_uri, "a")]
+    try:
+        study = wait_for_study(storage, "adaptive")  # the second finds the first's queue, not an empty study
+        launchers.append(start_launcher(tmp_path, spec_path, storage, tracking_uri, "b"))
+        # each waits for the other's trials of a round before the next is decided, so both see it finished
+        for launcher, name in zip(launchers, "ab"):
+            assert launcher.wait(timeout=WAIT_S) == 0, (tmp_path / f"{name}.txt").read_text()[-3000:]
+    finally:
+        for launcher in launchers:
+            stop_leftovers(launcher)
     depths = {sigmoid: 3, warp: 4, twin: 4}  # sigmoid separated after its initial seeds, the twins run to max
     assert complete_cells(study) == Counter({(group, seed): 1 for group, depth in depths.items()
                                              for seed in range(1, depth + 1)})

@@ -27,7 +27,8 @@ import optuna
 import torch
 
 from experiments.errors import SpecError, SweepError
-from experiments.objective import Objective
+from experiments.objective import Objective, describe_error
+from experiments.schema import ERROR_ATTR
 from experiments.spec import Execution, SweepSpec
 from experiments.study import Launch, launch_id, open_study, work_left
 from experiments.tracking import ParentRun
@@ -40,6 +41,8 @@ PRELOAD = [__name__, "torchmetrics.functional.image"]
 log = logging.getLogger(__name__)
 _watching: set[int] = set()
 _job_ended = threading.Event()
+_stop_asked = False  # a Ctrl-C came in this job
+_in_objective = False  # the job is inside the objective, where a Ctrl-C is raised at once
 
 
 @dataclass(frozen=True)
@@ -59,16 +62,47 @@ class WorkerJob:
 def run_worker(job: WorkerJob) -> int:
     """Run trials of the shared study on the job's device until the launch's work is done; returns how many.
 
-    Ctrl-C fails the running trial and ends the job; between jobs the process ignores it, so a
-    Ctrl-C never kills an idle loky worker with a traceback.
+    Ctrl-C fails the running trial and ends the job (`_on_interrupt`); between jobs the process ignores
+    it, so a Ctrl-C never kills an idle loky worker with a traceback.
     """
+    global _stop_asked
     _job_ended.clear()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stop_asked = False
+    signal.signal(signal.SIGINT, _on_interrupt)
     try:
         return _run_trials(job)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _job_ended.set()
+
+
+def _on_interrupt(signum: int, frame) -> None:
+    """SIGINT in a job: KeyboardInterrupt inside the objective, which fails its trial; elsewhere a stop
+    once Optuna has finished writing the study.
+
+    A KeyboardInterrupt in the middle of Optuna's ask (the next trial just made RUNNING) or tell (a
+    trial's end being written) would leave a RUNNING trial that no worker holds any more.
+    """
+    global _stop_asked
+    _stop_asked = True
+    if _in_objective:
+        raise KeyboardInterrupt
+
+
+def _interruptible(objective: Objective):
+    """The objective with Ctrl-C raised inside it: at once, or at its start when it came while Optuna wrote."""
+    def run(trial: optuna.Trial) -> float:
+        global _in_objective
+        _in_objective = True
+        try:
+            if _stop_asked:
+                interrupted = KeyboardInterrupt()
+                trial.set_user_attr(ERROR_ATTR, describe_error(interrupted))  # as the objective says it
+                raise interrupted
+            return objective(trial)
+        finally:
+            _in_objective = False
+    return run
 
 
 def _run_trials(job: WorkerJob) -> int:
@@ -87,12 +121,15 @@ def _run_trials(job: WorkerJob) -> int:
         gc.collect()  # a failed trial's model and optimizer are only garbage once its traceback is gone
         if job.gpu is not None:
             torch.cuda.empty_cache()  # give an out-of-memory trial's blocks back before the next one
-        if not work_left(job.spec, study, job.launch):
+        if _stop_asked or not work_left(job.spec, study, job.launch):
             study.stop()
 
     # catch=(Exception,): a failed trial is recorded FAIL (its error in user attrs and MLflow) and the
     # worker goes on; KeyboardInterrupt is not caught, so Ctrl-C fails the trial and stops the worker.
-    study.optimize(objective, catch=(Exception,), callbacks=[after_trial])
+    if not _stop_asked:
+        study.optimize(_interruptible(objective), catch=(Exception,), callbacks=[after_trial])
+    if _stop_asked:
+        raise KeyboardInterrupt  # the job ends as an interrupted one, whenever the Ctrl-C came
     return ran
 
 

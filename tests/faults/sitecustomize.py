@@ -1,7 +1,8 @@
 """Faults for the fault-injection tests, in every Python process started with `PYTHONPATH=tests/faults`.
 
-Python imports `sitecustomize` at start-up, so the sweep's worker processes (fresh loky interpreters)
-get the fault too, without any shipped code knowing about it. The environment says which fault:
+Python imports `sitecustomize` at start-up, so the sweep's worker processes get the fault too (forks of
+the forkserver a launcher started with this environment), without any shipped code knowing about it.
+The environment says which fault:
 
   CVAE_TEST_OOM_CHANNELS=40    torch.OutOfMemoryError in the forward pass of a Conv2d with 40 output channels
   CVAE_TEST_ERROR_CHANNELS=48  RuntimeError in the same place

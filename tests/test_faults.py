@@ -24,7 +24,8 @@ from experiments.plan import group_key, trial_plan
 from experiments.spec_loader import load_spec
 from experiments.study import open_study
 from experiments.tracking import EPOCH_METRICS
-from test_sweep import ROOT, complete_cells, live_processes, mlflow_runs, run_launch, write_spec
+from test_sweep import (ROOT, complete_cells, live_processes, mlflow_runs, parent_pid, run_launch, run_sweep,
+                        write_spec)
 
 FAULTS = Path(__file__).resolve().parent / "faults"
 
@@ -38,19 +39,13 @@ def every_cell_once(spec_path: Path) -> Counter:
     return Counter((group_key(cell), seed) for cell, seed in trial_plan(load_spec(spec_path)))
 
 
-def run_sweep(folder: Path, spec_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`python run_sweep.py SPEC` in `folder` with `env` added to this environment."""
-    return subprocess.run([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name], cwd=folder,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
-
-
 def test_out_of_memory_and_an_exception_fail_their_trials_and_the_sweep_goes_on(small_dataset, tmp_path,
                                                                                 monkeypatch):
     spec_path = write_spec(tmp_path, small_dataset, "faulty", extra="parameters: {F_dim: [16, 40, 48]}")
     spec_path.write_text(spec_path.read_text().replace("seeds: [1, 2]", "seeds: [1]").replace("F_dim: 16, ", ""))
     # a launcher of its own: its workers, forks of its forkserver, get the faults the environment names
-    faulty = run_sweep(tmp_path, spec_path, {"PYTHONPATH": str(FAULTS), "CVAE_TEST_OOM_CHANNELS": "40",
-                                             "CVAE_TEST_ERROR_CHANNELS": "48"})
+    faulty = run_sweep(tmp_path, spec_path.name, env={"PYTHONPATH": str(FAULTS), "CVAE_TEST_OOM_CHANNELS": "40",
+                                                      "CVAE_TEST_ERROR_CHANNELS": "48"})
 
     assert faulty.returncode == 1, faulty.stderr[-2000:]
     errors = {
@@ -96,14 +91,6 @@ def start_sweep(folder: Path, spec_path: Path) -> subprocess.Popen:
     with open(folder / "out.txt", "w") as out, open(folder / "err.txt", "w") as err:
         return subprocess.Popen([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name], cwd=folder,
                                 stdout=out, stderr=err, start_new_session=True)
-
-
-def parent_pid(pid: int) -> int:
-    """The parent of process `pid`, from /proc; 0 for a process that is gone."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError):
-        return 0
 
 
 def wait_for_checkpoint(folder: Path, launcher: subprocess.Popen, epoch: int) -> Path:
@@ -199,7 +186,7 @@ def test_a_worker_killed_mid_epoch_and_a_truncated_checkpoint_lose_nothing(small
     assert len(files) == 2  # the newest two are kept
     newest = files[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # as a full disk or a crash mid-write could leave it
-    rerun = run_sweep(tmp_path, spec_path, {})  # a launcher of its own: its workers write to its stderr
+    rerun = run_sweep(tmp_path, spec_path.name)  # a launcher of its own: its workers write to its stderr
     assert rerun.returncode == 0 and "4 of 4 trials done" in rerun.stdout, rerun.stderr[-2000:]
     assert f"checkpoint {newest} is corrupt or not a checkpoint" in rerun.stderr
     complete = check_finished_and_whole(tmp_path, spec_path)

@@ -24,19 +24,13 @@ from experiments.launcher import configure
 from experiments.spec_loader import load_spec
 from experiments.study import open_study
 from test_run_folder import read_only
-from test_sweep import ROOT, run_launch, write_spec
+from test_sweep import ROOT, run_launch, run_sweep, write_spec
 
 ONE_TRIAL = "parameters: {kl_anneal_type: [Cyclical]}"
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_sweep(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python run_sweep.py ARGS` in `folder`, to its end."""
-    return subprocess.run([sys.executable, str(ROOT / "run_sweep.py"), *args], cwd=folder, capture_output=True,
-                          text=True, timeout=600)
 
 
 def refusal(done: subprocess.CompletedProcess) -> str:

@@ -5,8 +5,8 @@ import pytest
 from optuna.trial import TrialState
 
 from experiments.tracking import EPOCH_METRICS
-from test_faults import every_cell_once, journal_study, run_sweep
-from test_sweep import complete_cells, mlflow_runs, write_spec
+from test_faults import every_cell_once, journal_study
+from test_sweep import complete_cells, mlflow_runs, run_sweep, write_spec
 
 EPOCHS = 3
 
@@ -16,7 +16,7 @@ def test_eight_workers_on_the_default_local_storage_lose_no_trial_and_no_metric(
     spec_path = write_spec(tmp_path, small_dataset, "crowd", num_epoch=EPOCHS, workers=8, extra=(
         "parameters: {tfr: [0.0, 0.25, 0.5, 1.0]}"))
     spec_path.write_text(spec_path.read_text().replace("val_vi_len: 8", "val_vi_len: 5"))
-    done = run_sweep(tmp_path, spec_path, {})  # a launcher of its own: its workers write to its stderr
+    done = run_sweep(tmp_path, spec_path.name)  # a launcher of its own: its workers write to its stderr
 
     assert done.returncode == 0 and "8 of 8 trials done" in done.stdout, done.stderr[-2000:]
     assert "database is locked" not in done.stdout + done.stderr

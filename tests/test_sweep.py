@@ -52,6 +52,12 @@ def run_launch(folder: Path, spec_path: Path, monkeypatch: pytest.MonkeyPatch):
         return launch(configure(load_spec(spec_path)))
 
 
+def run_sweep(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python run_sweep.py ARGS` in `folder`, to its end, with `env` added to this environment."""
+    return subprocess.run([sys.executable, str(ROOT / "run_sweep.py"), *args], cwd=folder, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
 def mlflow_runs(folder: Path, name: str) -> tuple[MlflowClient, list, list]:
     """The client, the parent runs and the child runs of experiment `name` in folder/mlflow.db."""
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
@@ -165,17 +171,30 @@ def test_a_trial_that_diverges_is_failed_with_its_error_and_the_sweep_goes_on(sm
         outcome, "python run_sweep.py nan.yaml")
 
 
+def process_stat(stat: Path) -> list[str]:
+    """The fields of a /proc/<pid>/stat file after the command's name: state, parent, process group, ..."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def live_processes(group: int) -> list[int]:
     """The processes of a process group that are not zombies (which a container's init may never reap)."""
     alive = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = process_stat(stat)
         except OSError:
             continue
         if int(fields[2]) == group and fields[0] != "Z":
             alive.append(int(stat.parent.name))
     return alive
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of process `pid`, from /proc; 0 for a process that is gone."""
+    try:
+        return int(process_stat(Path(f"/proc/{pid}/stat"))[1])
+    except OSError:
+        return 0
 
 
 @pytest.mark.slow

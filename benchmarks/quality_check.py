@@ -38,7 +38,7 @@ from variants import VARIANTS, parse_variants
 
 TOLERANCE_DB = 0.3
 DEFAULT_SETTINGS = {"cpu": "plain,ours,fp32", "cuda": "plain,ours,fp32,+all"}
-QUICK = dict(num_epoch=2, partial=1.0, val_vi_len=20)  # on the --small data set, 2 trials
+QUICK = dict(num_epoch=1, partial=0.5, val_vi_len=20)  # on the --small data set, 2 trials
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=None,
                         help=f"comma-separated from {', '.join(VARIANTS)} "
                              f"(default {DEFAULT_SETTINGS['cpu']} on the CPU, {DEFAULT_SETTINGS['cuda']} on CUDA)")
-    parser.add_argument("--quick", action="store_true", help="2 trials of 2 epochs on a tiny data set: for CI")
+    parser.add_argument("--quick", action="store_true", help="2 trials of 1 epoch on half of a tiny data set: for CI")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
     try:

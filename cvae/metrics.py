@@ -72,6 +72,11 @@ class CopyBaselines:
     def previous_mean(self) -> float:
         return float(self.previous.mean())
 
+    def describe(self) -> str:
+        """The two trivial predictors' PSNR on the validation video, the floors every figure is read against."""
+        return (f"baselines on the validation video: copy first frame {self.first_mean:.2f} dB, "
+                f"copy previous true frame {self.previous_mean:.2f} dB (one step)")
+
     def upto(self, length: int) -> "CopyBaselines":
         """The baselines of the video's first `length` frames."""
         return CopyBaselines(self.first[: length - 1], self.previous[: length - 1])

@@ -108,7 +108,7 @@ def run(cfg: TrainConfig, resume_from: Path | None, overwrite: bool = False) -> 
     data = load_video_data(cfg)
     print(f"data {cfg.DR}: {len(data.train_images)} training clips of {cfg.train_vi_len} frames, "
           f"validation video of {len(data.val_images)} frames, {cfg.frame_H}x{cfg.frame_W}")
-    print(baselines_line(data.baselines))
+    print(data.baselines.describe())
     print(f"model {cfg.model}: {parameter_count(model):,} parameters on {device}")
     if overwrite and folders.earlier_run(save_root):
         print(f"moved the earlier run in {save_root} aside to {folders.move_aside(save_root)}")
@@ -123,14 +123,8 @@ def run(cfg: TrainConfig, resume_from: Path | None, overwrite: bool = False) -> 
           f"{last.val_psnr - baselines.first_mean:+.2f} dB over copying the first frame; "
           f"one-step PSNR {last.val_psnr_1step:.2f} dB, {last.val_psnr_1step - baselines.previous_mean:+.2f} dB "
           f"over copying the previous frame")
-    print(baselines_line(baselines))
+    print(baselines.describe())
     print(f"checkpoints in {save_root / checkpoint.CHECKPOINT_DIR}; per-frame PSNR in {csv_path}")
-
-
-def baselines_line(baselines) -> str:
-    """The two trivial predictors' PSNR on the validation video, the floors every figure is read against."""
-    return (f"baselines on the validation video: copy first frame {baselines.first_mean:.2f} dB, "
-            f"copy previous true frame {baselines.previous_mean:.2f} dB (one step)")
 
 
 def print_epoch(cfg: TrainConfig):

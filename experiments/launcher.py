@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from cvae.config import TrainConfig
 from cvae.data import load_video_data
+from cvae.metrics import CopyBaselines
 from cvae.synthetic import ensure_dataset
 from experiments import replicates
 from experiments.errors import SpecError, SweepError
@@ -51,7 +52,7 @@ from experiments.launch_files import check_journal, check_tracking_db, check_tra
 from experiments.objective import DATA_FIELDS
 from experiments.plan import group_key, group_label, train_config, trial_plan
 from experiments.schema import (ERROR_ATTR, MLFLOW_RUN_ID, SEED, SWEEP_DIRECTION, SWEEP_METRIC, SWEEP_N_TRIALS,
-                                SWEEP_NAME, SWEEP_PRUNER, SWEEP_SAMPLER, SWEEP_SPEC, SWEEP_STORAGE)
+                                SWEEP_NAME, SWEEP_PRUNER, SWEEP_SAMPLER, SWEEP_SPEC, SWEEP_STORAGE, objective_metric)
 from experiments.spec import DEFAULT_TRACKING_URI, URL, Execution, SweepSpec
 from experiments.study import (Launch, Progress, adaptive_plan, fail_running, find_study, launch_id, open_study,
                                progress, record_savings, start_launch, summary_table, sweep_id, unheld_failures)
@@ -170,6 +171,7 @@ class Outcome:
     parent: ParentRun | None
     seconds: float
     savings: replicates.Savings | None  # with adaptive seeds: what the rounds ran and saved so far
+    baselines: CopyBaselines | None  # of the validation video all trials are scored on; None where they differ
 
     @property
     def complete(self) -> bool:
@@ -190,12 +192,12 @@ def launch(spec: SweepSpec) -> Outcome:
     started = time.perf_counter()
     check_reachable(spec.tracking_uri)
     check_tracking_db(spec.tracking_uri)
-    check_data(spec)
+    baselines = check_data(spec)
     with hold_storage(spec.storage, spec.source):
-        return _launch_held(spec, started)
+        return _launch_held(spec, started, baselines)
 
 
-def _launch_held(spec: SweepSpec, started: float) -> Outcome:
+def _launch_held(spec: SweepSpec, started: float, baselines: CopyBaselines | None) -> Outcome:
     check_journal(spec.storage)
     study = find_study(spec)
     if study is None:
@@ -211,7 +213,7 @@ def _launch_held(spec: SweepSpec, started: float) -> Outcome:
         log.info("%s", replicates.describe(spec, adaptive_plan(spec, study)))
     if share.budget == 0:
         return Outcome(spec, before, summary_table(spec, study), (), False, None, time.perf_counter() - started,
-                       _savings(spec, study))
+                       _savings(spec, study), baselines)
     gpus = resolve_gpus(spec.execution)
     execution = sized_execution(spec, gpus)  # before the parent run, so a failed measurement leaves none open
     parent = open_parent_run(spec.tracking_uri, spec.name, sweep_id(study), tags=_parent_tags(spec),
@@ -244,7 +246,7 @@ def _launch_held(spec: SweepSpec, started: float) -> Outcome:
     finish_parent(parent, complete=after.done >= after.total, interrupted=interrupted,
                   summary_csv=table.to_csv(index=False))
     return Outcome(spec, after, table, tuple(watcher.failed), interrupted, parent, time.perf_counter() - started,
-                   _savings(spec, study))
+                   _savings(spec, study), baselines)
 
 
 def _worker_jobs(spec: SweepSpec, execution: Execution, gpus: list[int], parent: ParentRun,
@@ -290,13 +292,14 @@ def sized_execution(spec: SweepSpec, gpus: list[int]) -> Execution:
     return dataclasses.replace(spec.execution, trials_per_gpu=per_gpu)
 
 
-def check_data(spec: SweepSpec) -> None:
-    """Decode every data set the trials use once, before any worker, so a data problem stops the launch.
+def check_data(spec: SweepSpec) -> CopyBaselines | None:
+    """Decode every data set the trials use once, before any worker, so a data problem stops the launch; returns
+    the copy baselines of the validation video every trial is scored on (None where trials differ in their data).
 
     The default data root is generated when missing, as `python -m cvae train` does. Sampled sweeps
     are checked with their base configuration.
     """
-    seen = set()
+    seen, baselines = set(), []
     for cell in spec.cells or ({},):
         cfg = train_config(spec, cell, spec.seeds[0])
         key = tuple(getattr(cfg, name) for name in DATA_FIELDS)
@@ -305,7 +308,9 @@ def check_data(spec: SweepSpec) -> None:
         seen.add(key)
         if cfg.DR == TrainConfig.DR:
             ensure_dataset(cfg.DR)
-        load_video_data(cfg)
+        baselines.append(load_video_data(cfg).baselines)
+    sampled_data = not spec.is_grid and any(parameter.name in DATA_FIELDS for parameter in spec.parameters)
+    return baselines[0] if len(baselines) == 1 and not sampled_data else None
 
 
 def _run_workers(jobs: list[WorkerJob], watcher: "_Watcher", bar: tqdm) -> None:
@@ -409,10 +414,17 @@ def describe_outcome(outcome: Outcome, command: str) -> str:
     spec, done = outcome.spec, outcome.progress
     minutes, seconds = divmod(round(outcome.seconds), 60)
     lines = [f"{spec.name}: {done.done} of {done.total} trials done; this launch took {minutes}m{seconds:02d}s"]
+    floor = objective_metric(spec.metric).baseline
     if len(outcome.table):
         table = outcome.table.copy()
+        if floor and outcome.baselines is not None:  # each configuration against the copy baseline of its metric
+            table[f"vs copy-{floor}"] = table["mean"] - getattr(outcome.baselines, f"{floor}_mean")
         lines += ["", f"{spec.metric} by configuration, mean and std over seeds, best first:",
-                  table.to_string(index=False, float_format=lambda value: f"{value:.3f}"), ""]
+                  table.to_string(index=False, float_format=lambda value: f"{value:.3f}")]
+    if outcome.baselines is not None:
+        lines.append(outcome.baselines.describe())
+    if len(outcome.table) or outcome.baselines is not None:
+        lines.append("")
     if outcome.failed:
         lines.append(f"{len(outcome.failed)} trials failed in this launch:")
         lines += [f"  trial {t.number} ({t.configuration}, seed {t.seed}): {t.error}" for t in outcome.failed]

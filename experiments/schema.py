@@ -37,6 +37,7 @@ class Metric:
     best_header: str = ""  # set: `best_<name>` is an objective too and a table column with this header
     column: str = ""  # a FRAME metric's column in analysis' frames table
     decimals: int = 2  # how many the summary table shows
+    baseline: str = ""  # the copy baseline it must beat: "first" (a rollout) or "previous" (one step ahead)
 
     @property
     def final_column(self) -> str:
@@ -54,9 +55,9 @@ class Metric:
 METRICS = (
     # best_val_psnr: the epoch checkpoints/best.ckpt keeps
     Metric("val_psnr", "val/psnr", EPOCH, "val PSNR", MAXIMIZE, "dB", "final val PSNR (dB)", summarized=True,
-           best_header="best val PSNR (dB)"),
+           best_header="best val PSNR (dB)", baseline="first"),
     Metric("val_psnr_1step", "val/psnr_1step", EPOCH, "one-step val PSNR", MAXIMIZE, "dB", "one-step val PSNR (dB)",
-           summarized=True),
+           summarized=True, baseline="previous"),
     Metric("val_ssim", "val/ssim", EPOCH, "val SSIM", MAXIMIZE, header="final val SSIM", summarized=True, decimals=3),
     Metric("train_loss", "train/loss", EPOCH, "train loss", MINIMIZE, header="final train loss"),
     Metric("train_recon", "train/recon", EPOCH, "train recon", MINIMIZE, header="final train recon"),

@@ -1,9 +1,15 @@
 """Shared fixtures: real data sets on disk."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
+
+# `make test` runs two pytest-xdist workers on two cores: torch threads (theirs, and those of the sweeps and
+# trainings they start) that are left waiting sleep instead of spinning, so one busy process cannot slow the other
+# to a crawl. Set before torch is imported, so every process the tests start inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
@@ -14,6 +20,13 @@ from cvae.synthetic import generate
 # The Ctrl-C tests send SIGINT to this process and to launchers it starts. A shell starts a command run in
 # the background (`make test &`, nohup) with SIGINT ignored, and children inherit that: hear it again.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with slow tests first, each kept whole and in order: pytest-xdist (`--dist loadfile`) hands
+    out modules in this order, so the long ones start early instead of leaving one worker busy at the end."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)
 
 
 @pytest.fixture(scope="session")

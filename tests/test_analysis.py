@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from filelock import FileLock
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from mlflow import MlflowClient
@@ -69,16 +70,22 @@ DIVERGING = "None (β = 1), lr 1e+30, constant, grad_clip 1e+30, model lab, fram
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def logged_sweeps(basetemp: Path, data: Path) -> Path:
-    """Sweeps logged in basetemp/analysis-sweeps, once per test session; returns the folder.
+def logged_sweeps(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
+    """Sweeps logged once per test run in analysis-sweeps, a folder all pytest-xdist workers share; returns it.
 
     mlflow.db holds `broken` (a parent run and one failed trial, logged with experiments.tracking) and
     then `ablation` (GRID, run by `python run_sweep.py`); sampled.db holds `sampled` (SAMPLED), launched
     at the same time. Their studies are in runs/<name>/optuna.journal.
     """
-    folder = basetemp / "analysis-sweeps"
-    if (folder / "done").exists():
-        return folder
+    basetemp = tmp_path_factory.getbasetemp()
+    folder = (basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp) / "analysis-sweeps"
+    with FileLock(f"{folder}.lock"):  # the first worker to ask logs them, the others wait and read
+        if not (folder / "done").exists():
+            _log_sweeps(folder, data)
+    return folder
+
+
+def _log_sweeps(folder: Path, data: Path) -> None:
     folder.mkdir(exist_ok=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     parent = open_parent_run(uri, "broken", "a-sweep-id", tags={"sweep.spec": "sweeps/broken.yaml"})
@@ -99,7 +106,6 @@ def logged_sweeps(basetemp: Path, data: Path) -> Path:
     # exit codes: 1 = trials still to run (the ablation's diverging ones), 0 = complete
     assert [launch.returncode for launch in launches] == [1, 0], "\n".join(out[-3000:] for out in outputs)
     (folder / "done").touch()
-    return folder
 
 
 # Sweeps logged with experiments.tracking, without training, so every value is known: per trial its lr,
@@ -182,7 +188,7 @@ def seeded(known_uri):
 
 @pytest.fixture(scope="session")
 def swept(tmp_path_factory, small_dataset) -> Path:
-    return logged_sweeps(tmp_path_factory.getbasetemp(), small_dataset)
+    return logged_sweeps(tmp_path_factory, small_dataset)
 
 
 @pytest.fixture(scope="session")

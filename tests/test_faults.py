@@ -82,7 +82,7 @@ def test_out_of_memory_and_an_exception_fail_their_trials_and_the_sweep_goes_on(
 # ---------------------------------------------------------------- interrupted trials resume
 
 
-EPOCHS = 10
+EPOCHS = 6  # the faults come after epoch 1 or 2: the epochs after it keep the trial mid-training as they reach it
 INTERRUPTED = "interrupted (Ctrl-C, or the launcher stopped)"
 
 
@@ -136,7 +136,7 @@ def test_ctrl_c_of_the_launcher_stops_cleanly_and_the_rerun_resumes_each_trial_f
     spec_path = write_spec(tmp_path, small_dataset, "sigint", num_epoch=EPOCHS)
     launcher = start_sweep(tmp_path, spec_path)
     try:
-        wait_for_checkpoint(tmp_path, launcher, 2)
+        wait_for_checkpoint(tmp_path, launcher, 1)
         os.kill(launcher.pid, signal.SIGINT)  # the launcher alone, as `kill -INT`; it stops its workers
         assert launcher.wait(timeout=60) == 130
     finally:

@@ -58,8 +58,19 @@ def test_this_process_and_its_cpu():
     assert found.dirty == bool(git(Path(__file__).parent, "status", "--porcelain"))
     assert found.versions["python"] == ".".join(map(str, sys.version_info[:3]))
     assert found.versions["torch"] == torch.__version__
-    assert found.source == entry_point() == str(Path(sys.argv[0]).resolve())
+    assert found.source == entry_point()
     assert collect().device is None
+
+
+def test_the_entry_point_is_the_script_run_or_the_console(monkeypatch, tmp_path):
+    script = tmp_path / "run_sweep.py"
+    script.write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["run_sweep.py", "sweeps/quick.yaml"])
+    assert entry_point() == str(script.resolve())
+    for argv in (["-c"], [""], []):  # python -c (a pytest-xdist worker), the interactive console, no argv
+        monkeypatch.setattr(sys, "argv", argv)
+        assert entry_point() == "<console>"
 
 
 def test_a_cpu_is_named_as_proc_cpuinfo_names_it():

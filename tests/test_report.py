@@ -36,7 +36,7 @@ def load_script():
 
 @pytest.fixture(scope="session")
 def swept(tmp_path_factory, small_dataset) -> Path:
-    return logged_sweeps(tmp_path_factory.getbasetemp(), small_dataset)
+    return logged_sweeps(tmp_path_factory, small_dataset)
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from cvae.config import TrainConfig
+from cvae.data import load_video_data
 from experiments.launcher import configure, describe_outcome, launch
-from experiments.plan import group_key, trial_plan
+from experiments.plan import group_key, train_config, trial_plan
 from experiments.spec_loader import load_spec
 from experiments.study import open_study
 from mlflow_ui_check import check_sweep, mlflow_server
@@ -88,6 +89,15 @@ def test_a_two_worker_sweep_completes_with_one_child_run_per_trial(finished_swee
     assert not outcome.failed and not torch.cuda.is_initialized()
     assert outcome.table["seeds"].tolist() == [2, 2] and set(outcome.table["configuration"]) == {
         "kl_anneal_type=Cyclical", "kl_anneal_type=None"}
+    # the closing summary sets each configuration against copying the first frame of the validation video
+    spec = load_spec(spec_path)
+    baselines = load_video_data(train_config(spec, spec.cells[0], spec.seeds[0])).baselines
+    assert outcome.baselines.first_mean == baselines.first_mean
+    summary = describe_outcome(outcome, "python run_sweep.py tiny.yaml").splitlines()
+    assert baselines.describe() in summary
+    for row in outcome.table.itertuples():
+        [line] = [line for line in summary if line.strip().startswith(row.configuration)]
+        assert line.split()[-1] == f"{row.mean - baselines.first_mean:.3f}", line
 
     study = open_study(configure(load_spec(spec_path), storage=str(folder / "runs/tiny/optuna.journal")))
     assert complete_cells(study) == Counter((group_key(c), s) for c, s in trial_plan(load_spec(spec_path)))
@@ -200,7 +210,7 @@ def parent_pid(pid: int) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_launcher_killed_with_sigkill_is_resumed_by_the_same_command(small_dataset, tmp_path, monkeypatch):
-    spec_path = write_spec(tmp_path, small_dataset, "killed", num_epoch=8)
+    spec_path = write_spec(tmp_path, small_dataset, "killed", num_epoch=4)
     launcher = subprocess.Popen([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name], cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     journal = tmp_path / "runs/killed/optuna.journal"

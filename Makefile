@@ -14,10 +14,9 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(INSTALLED)
 
-# two pytest-xdist workers, each taking whole test modules (module fixtures are built once) in the order
-# tests/conftest.py gives them (slow modules first), not largest-first
+# two pytest-xdist workers, each taking whole test modules (module fixtures are built once), largest first
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # generates data/dance when missing, trains the demo model, prints validation PSNR per epoch
 train-demo: $(INSTALLED)

@@ -22,13 +22,6 @@ from cvae.synthetic import generate
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules with slow tests first, each kept whole and in order: pytest-xdist (`--dist loadfile`) hands
-    out modules in this order, so the long ones start early instead of leaving one worker busy at the end."""
-    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_modules)
-
-
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The `--small` synthetic data set (seed 0), written once per test session; treat it as read-only."""

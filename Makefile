@@ -14,7 +14,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(INSTALLED)
 
-# two pytest-xdist workers, each taking whole test modules (module fixtures are built once), largest first
+# two pytest-xdist workers, each taking whole test modules (module fixtures are built once), the modules with most tests first
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 

@@ -299,18 +299,17 @@ def check_data(spec: SweepSpec) -> CopyBaselines | None:
     The default data root is generated when missing, as `python -m cvae train` does. Sampled sweeps
     are checked with their base configuration.
     """
-    seen, baselines = set(), []
+    baselines = {}  # data fields -> the copy baselines of that data's validation video
     for cell in spec.cells or ({},):
         cfg = train_config(spec, cell, spec.seeds[0])
         key = tuple(getattr(cfg, name) for name in DATA_FIELDS)
-        if key in seen:
+        if key in baselines:
             continue
-        seen.add(key)
         if cfg.DR == TrainConfig.DR:
             ensure_dataset(cfg.DR)
-        baselines.append(load_video_data(cfg).baselines)
+        baselines[key] = load_video_data(cfg).baselines
     sampled_data = not spec.is_grid and any(parameter.name in DATA_FIELDS for parameter in spec.parameters)
-    return baselines[0] if len(baselines) == 1 and not sampled_data else None
+    return next(iter(baselines.values())) if len(baselines) == 1 and not sampled_data else None
 
 
 def _run_workers(jobs: list[WorkerJob], watcher: "_Watcher", bar: tqdm) -> None:

@@ -209,8 +209,11 @@ def _pid_taken(pid: int) -> bool:
 
 
 def cpu_count() -> int:
-    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPU threads this process may hand out: the cores it may run on (a container's or taskset's share, not
+    the machine's), or fewer where OMP_NUM_THREADS says so, as it does for torch's own thread count."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(cores, int(limit)) if limit.isdigit() and int(limit) > 0 else cores
 
 
 # ---------------------------------------------------------------- GPU slots, without CUDA

@@ -60,3 +60,11 @@ def test_a_cpu_worker_sees_no_gpu_and_its_share_of_threads(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert 1 <= cpu_count() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("limit, expected", [("1", 1), ("100000", None), ("0", None), ("four", None), ("", None)])
+def test_omp_num_threads_caps_the_threads_a_launcher_hands_out(monkeypatch, limit, expected):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = cpu_count()
+    monkeypatch.setenv("OMP_NUM_THREADS", limit)
+    assert cpu_count() == (expected or cores)  # a cap above the cores, or none torch would read, leaves the cores

@@ -39,7 +39,7 @@ from experiments.study import open_study
 from experiments.tracking import GIT_DIRTY, HOST_DEVICE, STATUS, TrialRun, open_parent_run
 
 TINY = ("F_dim: 16, L_dim: 8, N_dim: 4, D_out_dim: 16, train_vi_len: 4, val_vi_len: 8, batch_size: 4, "
-        "partial: 0.5, per_save: 1, device: cpu")
+        "partial: 0.5, per_save: 1, device: cpu, channels_last: false")
 # Three configurations x two seeds, 4 epochs: Cyclical and Monotonic train; the third (the lab model, whose
 # random Generator moves the posterior at once) diverges in its first epoch.
 GRID = """\

@@ -11,7 +11,7 @@ from experiments.best import best_trial, fetch_checkpoint, main
 from experiments.errors import SpecError
 
 TINY = dict(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16, train_vi_len=4, val_vi_len=8, batch_size=4,
-            num_epoch=1, seed=2, device="cpu")
+            num_epoch=1, seed=2, device="cpu", channels_last=False)
 
 
 def log_sweep(client, name, parent_tags, trials, artifact_root):

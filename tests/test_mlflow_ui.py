@@ -18,7 +18,7 @@ def test_the_ui_opens_a_sweep_on_its_runs_and_shows_where_each_came_from(small_d
     spec.write_text(textwrap.dedent(f"""\
         name: ui
         base: {{DR: "{small_dataset}", F_dim: 16, L_dim: 8, N_dim: 4, D_out_dim: 16, train_vi_len: 4,
-                val_vi_len: 8, batch_size: 4, partial: 0.5, num_epoch: 1}}
+                val_vi_len: 8, batch_size: 4, partial: 0.5, num_epoch: 1, channels_last: false}}
         parameters: {{kl_anneal_type: [Cyclical, None]}}
         seeds: [1]
         execution: {{gpus: [], cpu_workers: 1}}

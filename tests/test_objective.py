@@ -37,7 +37,7 @@ def sampled_objective(folder: Path, data: Path | None, parameters: str, objectiv
     path.write_text(textwrap.dedent(f"""\
         name: s
         base: {{{data_root}F_dim: 16, L_dim: 8, N_dim: 2, D_out_dim: 16, train_vi_len: 4,
-                val_vi_len: 8, batch_size: 4, partial: 0.25, num_epoch: 3, per_save: 1}}
+                val_vi_len: 8, batch_size: 4, partial: 0.25, num_epoch: 3, per_save: 1, channels_last: false}}
         parameters: {parameters}
         sampler: random
         pruner: median

@@ -19,7 +19,7 @@ from cvae.video import PANEL_GAP
 from test_run_folder import one_line_error, read_only
 
 TINY = dict(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16, train_vi_len=4, val_vi_len=8, batch_size=4,
-            num_epoch=1, seed=5, device="cpu")
+            num_epoch=1, seed=5, device="cpu", channels_last=False)
 ZOOM = 3  # save_gif's default
 H, W = 32, 64  # the small data set's frames
 TEST_FRAMES = 40  # frames per test sequence of the small data set

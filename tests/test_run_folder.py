@@ -23,7 +23,7 @@ from cvae.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--F_dim", "16", "--L_dim", "8", "--N_dim", "4", "--D_out_dim", "24", "--batch_size", "2",
-        "--train_vi_len", "4", "--val_vi_len", "40", "--partial", "0.5", "--device", "cpu"]
+        "--train_vi_len", "4", "--val_vi_len", "40", "--partial", "0.5", "--device", "cpu", "--channels_last", "false"]
 
 
 def train(data: Path, *args) -> subprocess.CompletedProcess:
@@ -185,7 +185,7 @@ def test_a_read_only_checkpoint_folder_stops_a_resume_before_it_trains_or_writes
 def test_a_checkpoint_folder_that_turns_read_only_mid_run_keeps_the_epoch(small_dataset, tmp_path):
     cfg = TrainConfig(DR=str(small_dataset), save_root=str(tmp_path / "run"), F_dim=16, L_dim=8, N_dim=4,
                       D_out_dim=24, batch_size=2, train_vi_len=4, val_vi_len=40, partial=0.5, num_epoch=3,
-                      per_save=1, device="cpu")
+                      per_save=1, device="cpu", channels_last=False)
     folder = tmp_path / "run/checkpoints"
     with contextlib.ExitStack() as locks:
         def lock_after_the_first_epoch(report) -> None:

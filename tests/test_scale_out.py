@@ -8,7 +8,7 @@ from experiments.tracking import EPOCH_METRICS
 from test_faults import every_cell_once, journal_study
 from test_sweep import complete_cells, mlflow_runs, run_sweep, write_spec
 
-EPOCHS = 3
+EPOCHS = 2
 
 
 @pytest.mark.slow

@@ -88,9 +88,15 @@ def tracking_uri(postgres, tmp_path_factory):
         yield url
 
 
-def start_launcher(folder: Path, spec_path: Path, storage: str, tracking_uri: str, name: str) -> subprocess.Popen:
-    """`python run_sweep.py SPEC --storage ... --tracking-uri ...` in its own session, output in `name`.txt."""
-    env = {**os.environ, HEARTBEAT_ENV: str(HEARTBEAT_S), GRACE_ENV: str(GRACE_S)}
+def start_launcher(folder: Path, spec_path: Path, storage: str, tracking_uri: str, name: str,
+                   quick_to_go_stale: bool = True) -> subprocess.Popen:
+    """`python run_sweep.py SPEC --storage ... --tracking-uri ...` in its own session, output in `name`.txt.
+
+    `quick_to_go_stale`: heartbeats every HEARTBEAT_S, stale after GRACE_S, so that a killed launcher's trials are
+    taken over in seconds; else the defaults, which no stall of a busy CPU outlasts.
+    """
+    env = {**os.environ, HEARTBEAT_ENV: str(HEARTBEAT_S), GRACE_ENV: str(GRACE_S)} if quick_to_go_stale else \
+        {key: value for key, value in os.environ.items() if key not in (HEARTBEAT_ENV, GRACE_ENV)}
     with open(folder / f"{name}.txt", "w") as output:
         return subprocess.Popen([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name, "--storage", storage,
                                  "--tracking-uri", tracking_uri], cwd=folder, env=env, stdout=output,
@@ -172,10 +178,13 @@ def test_two_launchers_run_the_rounds_of_adaptive_seeds_together(small_dataset, 
     spec_path = write_spec(tmp_path, small_dataset, "adaptive", num_epoch=1, workers=1, extra=GRID, seeds=SEEDS)
     sigmoid, warp, twin = (group_key(cell) for cell in load_spec(spec_path).cells)
     storage = f"{postgres}/optuna"
-    launchers = [start_launcher(tmp_path, spec_path, storage, tracking_uri, "a")]
+    # no launcher dies here, so the default heartbeat: with 4 s to go stale, one run under load ended with a FAIL
+    # trial that had no error, most likely a running trial whose worker was starved of the CPU that long, failed as
+    # stale by the other launcher preparing its next round
+    launchers = [start_launcher(tmp_path, spec_path, storage, tracking_uri, "a", quick_to_go_stale=False)]
     try:
         study = wait_for_study(storage, "adaptive")  # the second finds the first's queue, not an empty study
-        launchers.append(start_launcher(tmp_path, spec_path, storage, tracking_uri, "b"))
+        launchers.append(start_launcher(tmp_path, spec_path, storage, tracking_uri, "b", quick_to_go_stale=False))
         # each waits for the other's trials of a round before the next is decided, so both see it finished
         for launcher, name in zip(launchers, "ab"):
             assert launcher.wait(timeout=WAIT_S) == 0, (tmp_path / f"{name}.txt").read_text()[-3000:]

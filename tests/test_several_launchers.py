@@ -95,8 +95,9 @@ def start_launcher(folder: Path, spec_path: Path, storage: str, tracking_uri: st
     `quick_to_go_stale`: heartbeats every HEARTBEAT_S, stale after GRACE_S, so that a killed launcher's trials are
     taken over in seconds; else the defaults, which no stall of a busy CPU outlasts.
     """
-    env = {**os.environ, HEARTBEAT_ENV: str(HEARTBEAT_S), GRACE_ENV: str(GRACE_S)} if quick_to_go_stale else \
-        {key: value for key, value in os.environ.items() if key not in (HEARTBEAT_ENV, GRACE_ENV)}
+    env = {key: value for key, value in os.environ.items() if key not in (HEARTBEAT_ENV, GRACE_ENV)}
+    if quick_to_go_stale:
+        env.update({HEARTBEAT_ENV: str(HEARTBEAT_S), GRACE_ENV: str(GRACE_S)})
     with open(folder / f"{name}.txt", "w") as output:
         return subprocess.Popen([sys.executable, str(ROOT / "run_sweep.py"), spec_path.name, "--storage", storage,
                                  "--tracking-uri", tracking_uri], cwd=folder, env=env, stdout=output,

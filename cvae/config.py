@@ -78,7 +78,7 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"
     # speed: each switchable; benchmarks/quality_check.py compares each with the plain fp32 path
-    channels_last: bool = True  # NHWC makes the 1x1 convs plain matrix products: faster on CPU and GPU at the lab's sizes
+    channels_last: bool = True  # NHWC makes the 1x1 convs plain matrix products: faster at the lab's sizes, CPU and GPU
     bf16: bool = True  # bf16 autocast over fp32 weights where the device has bf16 units (cvae.train.native_bf16)
     fused_optimizer: bool = True  # one fused Adam(W) kernel on CUDA; on the CPU the default loop was faster
     compile: bool = False  # torch.compile each module: slower on the CPU, and its compile time outweighs short trials

@@ -14,9 +14,10 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(INSTALLED)
 
-# two pytest-xdist workers, each taking whole test modules (module fixtures are built once), the modules with most tests first
+# two pytest-xdist workers, each taking whole test modules (module fixtures are built once) in the order
+# tests/conftest.py gives them: the modules with most slow tests first
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # generates data/dance when missing, trains the demo model, prints validation PSNR per epoch
 train-demo: $(INSTALLED)

@@ -1,6 +1,7 @@
 """analysis/: real small sweeps, logged by run_sweep.py to temporary MLflow databases, read into DataFrames."""
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import os
@@ -531,6 +532,18 @@ def test_holm_corrects_over_every_pair_of_configurations_that_can_be_tested():
     assert compared.loc["far", "p_holm"] == 1.0
     assert stats.holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
     assert stats.holm(np.array([[0.01, 0.04], [0.5, 0.01]])) == pytest.approx(np.array([[0.02, 0.04], [0.5, 0.02]]))
+
+
+def test_holm_leaves_the_garbage_collector_frozen_or_not_as_it_found_it():
+    gc.unfreeze()  # conftest froze the imported modules
+    try:
+        stats.holm([0.01, 0.04])
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.freeze()
+    frozen = gc.get_freeze_count()
+    stats.holm([0.01, 0.04])
+    assert gc.get_freeze_count() >= frozen > 0
 
 
 def test_comparisons_that_cannot_be_tested_say_why():

@@ -62,6 +62,7 @@ from experiments.workers import WorkerJob, cpu_count, resolve_gpus, run_worker, 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 POLL_S = 2.0
 STOP_GRACE_S = 3.0  # after Ctrl-C, how long workers have to stop on their own before they are told to
+STOP_GRACE_ENV = "SWEEP_STOP_GRACE_S"  # ... where the environment says otherwise
 STOP_TIMEOUT_S = 15.0  # ... and then before they are killed
 RUNS_DIR = Path("runs")
 log = logging.getLogger(__name__)
@@ -340,12 +341,12 @@ def _stop_workers(executor: ProcessPoolExecutor, futures: list) -> None:
     """Let every worker fail its trial and close its MLflow run before it goes, then kill what is left.
 
     A terminal's Ctrl-C reaches the workers too (one process group); a SIGINT or SIGTERM sent to the
-    launcher alone is passed on to them. Killing a worker outright could leave the journal's lock
-    file held, which the next launch would wait on.
+    launcher alone is passed on to them after STOP_GRACE_S. Killing a worker outright could leave the
+    journal's lock file held, which the next launch would wait on.
     """
     stopped = False
     try:
-        if wait(futures, timeout=STOP_GRACE_S).not_done:
+        if wait(futures, timeout=float(os.environ.get(STOP_GRACE_ENV, STOP_GRACE_S))).not_done:
             for process in multiprocessing.active_children():
                 os.kill(process.pid, signal.SIGINT)  # an idle worker ignores it (run_worker)
         stopped = not wait(futures, timeout=STOP_TIMEOUT_S).not_done

@@ -268,13 +268,17 @@ def _next_round(spec: SweepSpec, study, watcher: "_Watcher", bar: tqdm) -> Launc
     failed and left its cell to the next launch, or when no round is left.
 
     On a shared study other launchers may still be running trials of the current round: it waits for them.
+    It counts the running trials before it looks for a round: counted after, a trial that ended in between
+    ended the launch with the round that trial completed still to be queued (by another launcher, whose
+    trials this launch then called "still to run").
     """
     while spec.adaptive is not None and not unheld_failures(study, [trial.number for trial in watcher.failed]):
+        running = watcher.update(bar).running
         share = start_launch(spec, study)
         if share.budget:
             log.info("%s", replicates.describe(spec, adaptive_plan(spec, study)))
             return share
-        if not watcher.update(bar).running:
+        if not running:
             break
         time.sleep(POLL_S)
     return None

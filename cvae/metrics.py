@@ -1,6 +1,7 @@
 """Image-quality metrics for predicted frames: PSNR and SSIM per frame, the copy baselines."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 
 MIN_MSE = 1e-10  # caps PSNR at 100 dB for a perfect frame instead of returning inf
+SSIM_MODULE = "torchmetrics.functional.image"  # imported at the first `ssim`, not with this module
 
 
 def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -28,8 +30,7 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
 
     torchmetrics is imported at the first call (see `psnr` for its cost).
     """
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
+    structural_similarity_index_measure = importlib.import_module(SSIM_MODULE).structural_similarity_index_measure
     frames = prediction.float().reshape(-1, *prediction.shape[-3:])  # (N, C, H, W)
     truth = target.float().reshape(-1, *target.shape[-3:])
     values = structural_similarity_index_measure(frames, truth, data_range=data_range, reduction="none")  # (N,)

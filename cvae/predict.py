@@ -16,7 +16,7 @@ from cvae import checkpoint
 from cvae.config import TrainConfig
 from cvae.data import TestSequence, load_frames, load_test_sequences
 from cvae.errors import ConfigError, DataError
-from cvae.folders import writable_folder
+from cvae.folders import PSNR_FILE, writable_folder
 from cvae.metrics import CopyBaselines, copy_baselines, psnr, save_psnr_csv
 from cvae.model import VideoCVAE
 from cvae.train import build_model, resolve_device, sample_rollouts, to_unit
@@ -24,7 +24,6 @@ from cvae.video import save_gif, side_by_side, to_uint8
 
 SPLITS = ("test", "val")
 SUBMISSION_CSV = "submission.csv"
-PSNR_CSV = "val_psnr_per_frame.csv"  # the name the trainer gives the same numbers
 PSNR_PLOT = "val_psnr_per_frame.png"
 PIXEL_TEXT = np.array([str(value) for value in range(256)], dtype=object)  # uint8 -> its CSV text, by lookup
 
@@ -86,7 +85,7 @@ def predict(ckpt: str | Path, out: str | Path, root: str | Path | None = None, s
             results.append(SequenceResult(name, len(sequence.labels), per_frame))
     if split == "val":
         scores = results[0].psnr_per_frame  # (K, T-1)
-        save_psnr_csv(out / PSNR_CSV, scores[0])
+        save_psnr_csv(out / PSNR_FILE, scores[0])
         figure = psnr_figure(scores, title=f"validation video, {Path(ckpt).name}, seed {seed}")
         figure.savefig(out / PSNR_PLOT, dpi=120)
     baselines = copy_baselines(sequences["val"].images) if split == "val" else None

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from cvae.errors import CVAEError
-from cvae.predict import PSNR_CSV, PSNR_PLOT, SPLITS, SUBMISSION_CSV, PredictResult, predict
+from cvae.folders import PSNR_FILE
+from cvae.predict import PSNR_PLOT, SPLITS, SUBMISSION_CSV, PredictResult, predict
 
 
 def add_predict_flags(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace, ckpt: Path) -> PredictResult:
     if result.split == "val":
         per_frame = result.sequences[0].psnr_per_frame[0]
         print(f"validation PSNR {per_frame.mean():.2f} dB, from the rollout and noise the trainer validates with; "
-              f"per frame in {result.out / PSNR_CSV} and {result.out / PSNR_PLOT}")
+              f"per frame in {result.out / PSNR_FILE} and {result.out / PSNR_PLOT}")
         print(f"copying the first frame forward gives {result.baselines.first_mean:.2f} dB "
               f"({per_frame.mean() - result.baselines.first_mean:+.2f} dB for the model); copying the previous "
               f"true frame {result.baselines.previous_mean:.2f} dB (the one-step floor)")

@@ -31,6 +31,7 @@ from cvae import checkpoint
 from cvae.config import TrainConfig
 from cvae.data import VideoData, load_video_data
 from cvae.errors import CVAEError
+from cvae.folders import PSNR_FILE
 from cvae.metrics import save_psnr_csv
 from cvae.predict import load_model
 from cvae.train import EpochReport, History, fit, precision, resolve_device, sample_rollouts
@@ -139,10 +140,10 @@ class Objective:
         if not math.isfinite(value):
             raise ValueError(f"{self.spec.metric} is {value}")
         save_root = Path(cfg.save_root)
-        csv = save_psnr_csv(save_root / "val_psnr_per_frame.csv", history.epochs[-1].val_psnr_per_frame)
+        csv = save_psnr_csv(save_root / PSNR_FILE, history.epochs[-1].val_psnr_per_frame)
         gif = save_rollout_gif(save_root / "val_rollout.gif", history.best_checkpoint, data)
         run.log_final(history.epochs[-1], {
-            "val_psnr_per_frame.csv": csv, "val_rollout.gif": gif, "checkpoints/best.ckpt": history.best_checkpoint})
+            PSNR_FILE: csv, "val_rollout.gif": gif, "checkpoints/best.ckpt": history.best_checkpoint})
         return value
 
     def _load(self, cfg: TrainConfig) -> tuple[VideoData, Dataset]:

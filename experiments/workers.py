@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from cvae.metrics import SSIM_MODULE
 from experiments.errors import SpecError, SweepError
 from experiments.objective import Objective, describe_error
 from experiments.schema import ERROR_ATTR
@@ -38,7 +39,7 @@ ORPHAN_GRACE_S = 10.0  # how long a worker whose launcher died has to close its 
 # what the forkserver imports for every worker: this module (torch, Optuna, MLflow), the SSIM that
 # cvae.metrics imports at a process's first validation (2 s) and the store behind MLflow's default
 # sqlite:// tracking URI, which MlflowClient imports at the objective's start (0.9 s)
-PRELOAD = [__name__, "torchmetrics.functional.image", "mlflow.store.tracking.sqlalchemy_store"]
+PRELOAD = [__name__, SSIM_MODULE, "mlflow.store.tracking.sqlalchemy_store"]
 log = logging.getLogger(__name__)
 _watching: set[int] = set()
 _job_ended = threading.Event()

@@ -200,12 +200,15 @@ def find_chromium() -> str | None:
     return next((path for name in CHROMIUM if (path := shutil.which(name))), None)
 
 
-def load_page(url: str, screenshot: Path) -> str:
-    """The DOM of `url` once headless Chromium has loaded it, in a fresh profile; its screenshot saved."""
+def load_page(url: str, screenshot: Path, profile: Path) -> str:
+    """The DOM of `url` once headless Chromium has loaded it with the user profile `profile`; its screenshot saved.
+
+    The pages of one check share a profile: the UI's scripts come from Chromium's cache after the first page.
+    """
     chromium = find_chromium()
     if chromium is None:
         raise RuntimeError(f"no Chromium found (tried {', '.join(CHROMIUM)}); `apt-get install chromium`")
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile, tempfile.TemporaryFile("w+") as log:
+    with tempfile.TemporaryFile("w+") as log:
         browser = subprocess.Popen(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
              f"--window-size={WINDOW}", f"--virtual-time-budget={PAGE_BUDGET_MS}", f"--screenshot={screenshot}",
@@ -266,12 +269,17 @@ class PageText(html.parser.HTMLParser):
 def check_pages(url: str, found: dict[str, Any], folder: Path) -> list[Path]:
     """Load the experiment's pages in headless Chromium and check their text; returns the screenshots."""
     folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        return _check_pages(url, found, folder, Path(profile))
+
+
+def _check_pages(url: str, found: dict[str, Any], folder: Path, profile: Path) -> list[Path]:
     experiment_id, parent = found["experiment_id"], found["parent"]
     shots = [folder / "experiment.png", folder / "runs.png"]
-    opened = PageText(load_page(url + EXPERIMENT_PAGE.format(id=experiment_id), shots[0])).text
+    opened = PageText(load_page(url + EXPERIMENT_PAGE.format(id=experiment_id), shots[0], profile)).text
     assert "Token Usage" not in opened and "Run Name" in opened and parent["info"]["run_name"] in opened, \
         f"the experiment's link does not open on its runs table: {opened[:400]!r} (see {shots[0]})"
-    table = PageText(load_page(url + RUNS_PAGE.format(id=experiment_id), shots[1])).cells
+    table = PageText(load_page(url + RUNS_PAGE.format(id=experiment_id), shots[1], profile)).cells
     for run in (parent, *found["complete_runs"]):
         run_id, tags = run["info"]["run_id"], tags_of(run)
         cells = table.get(run_id, {})
@@ -283,7 +291,7 @@ def check_pages(url: str, found: dict[str, Any], folder: Path) -> list[Path]:
     for number, run in enumerate(found["complete_runs"]):
         run_id, tags = run["info"]["run_id"], tags_of(run)
         shots.append(folder / f"run{number}.png")
-        page = PageText(load_page(url + RUN_PAGE.format(id=experiment_id, run=run_id), shots[-1])).text
+        page = PageText(load_page(url + RUN_PAGE.format(id=experiment_id, run=run_id), shots[-1], profile)).text
         expected = [f"git.dirty : {tags['git.dirty']}", f"host.device : {tags['host.device']}",
                     *[f"version.{name} : {tags[f'version.{name}']}" for name in VERSIONS], *datasets_of(run)]
         if "mlflow.source.git.commit" in tags:

@@ -3,7 +3,8 @@
 One launcher is killed with SIGKILL (its workers with it) in the middle of a trial; the other, and a
 rerun once the dead trials' heartbeat is stale, finish the grid: each cell x seed COMPLETE once, under
 one parent run, each COMPLETE trial's run FINISHED with one value per epoch. Two launchers of a sweep with
-adaptive seeds run its rounds together, each cell x seed COMPLETE once.
+adaptive seeds run its rounds together, each cell x seed COMPLETE once, and a launch that looks for the next
+round just before another launcher's last trial of the round ends finds that round.
 """
 from __future__ import annotations
 
@@ -24,10 +25,14 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from tqdm import tqdm
 
+from experiments import launcher
+from experiments.launcher import configure
 from experiments.plan import group_key
 from experiments.spec_loader import load_spec
-from experiments.study import GRACE_ENV, HEARTBEAT_ENV, launch_id
+from experiments.study import (GRACE_ENV, HEARTBEAT_ENV, launch_id, open_study, progress, start_launch,
+                               suggest)
 from experiments.tracking import EPOCH_METRICS
 from mlflow_ui_check import free_port, mlflow_server
 from test_adaptive_seeds import GRID, SEEDS
@@ -200,3 +205,34 @@ def test_two_launchers_run_the_rounds_of_adaptive_seeds_together(small_dataset, 
         "DuplicateCell"}
     assert {t.user_attrs["launch"] for t in study.get_trials()} <= {launch_id(launcher.pid) for launcher in launchers}
     assert study.user_attrs["adaptive_seeds"]["saved"] == 1
+
+
+def test_a_round_completed_by_another_launchers_trial_as_this_launch_looks_is_run_not_left(
+        small_dataset, tmp_path, postgres, monkeypatch):
+    # round 0 is done but for a trial another launcher runs, which ends just after this launch looked for round 1
+    # and found none: this launch finds round 1 at its next look instead of ending with it "still to run"
+    spec_path = write_spec(tmp_path, small_dataset, "race", num_epoch=1, extra=GRID, seeds=SEEDS)
+    spec = configure(load_spec(spec_path), storage=f"{postgres}/optuna")
+    study = open_study(spec)
+    assert start_launch(spec, study).budget == 9  # the initial 3 seeds of 3 configurations
+    for _ in range(9):
+        trial = study.ask()
+        overrides, seed = suggest(spec, trial)
+        value = 14.0 if overrides["frame_output"] == "sigmoid" else 24.0 + 0.1 * seed  # the warps never separate
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.tell(trial, value)
+    others_last = (trial.number, value)  # left RUNNING, without a heartbeat: never stale
+    looks = []
+
+    def the_other_trial_ends_after_the_look(spec, study):
+        share = start_launch(spec, study)
+        if not looks:
+            study.tell(*others_last)
+        looks.append(share.budget)
+        return share
+
+    monkeypatch.setattr(launcher, "start_launch", the_other_trial_ends_after_the_look)
+    monkeypatch.setattr(launcher, "POLL_S", 0.0)
+    with tqdm(disable=True) as bar:
+        share = launcher._next_round(spec, study, launcher._Watcher(spec, study, progress(spec, study)), bar)
+    assert looks == [0, 2] and share.budget == 2  # round 1: seed 4 of both warps

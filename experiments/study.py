@@ -226,7 +226,9 @@ def prepare_study(spec: SweepSpec, study: optuna.Study) -> int:
     _check_base(spec, study)
     _check_distributions(spec, study)
     if is_shared(spec):
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.9, and said at every launch
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     else:
         orphans = fail_running(study)
         if orphans:

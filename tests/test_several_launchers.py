@@ -207,6 +207,7 @@ def test_two_launchers_run_the_rounds_of_adaptive_seeds_together(small_dataset, 
     assert study.user_attrs["adaptive_seeds"]["saved"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # by hand here
 def test_a_round_completed_by_another_launchers_trial_as_this_launch_looks_is_run_not_left(
         small_dataset, tmp_path, postgres, monkeypatch):
     # round 0 is done but for a trial another launcher runs, which ends just after this launch looked for round 1

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from experiments import launcher
+import experiments.launcher as launcher_module
 from experiments.launcher import configure
 from experiments.plan import group_key
 from experiments.spec_loader import load_spec
@@ -232,8 +232,9 @@ def test_a_round_completed_by_another_launchers_trial_as_this_launch_looks_is_ru
         looks.append(share.budget)
         return share
 
-    monkeypatch.setattr(launcher, "start_launch", the_other_trial_ends_after_the_look)
-    monkeypatch.setattr(launcher, "POLL_S", 0.0)
+    monkeypatch.setattr(launcher_module, "start_launch", the_other_trial_ends_after_the_look)
+    monkeypatch.setattr(launcher_module, "POLL_S", 0.0)
+    watcher = launcher_module._Watcher(spec, study, progress(spec, study))
     with tqdm(disable=True) as bar:
-        share = launcher._next_round(spec, study, launcher._Watcher(spec, study, progress(spec, study)), bar)
+        share = launcher_module._next_round(spec, study, watcher, bar)
     assert looks == [0, 2] and share.budget == 2  # round 1: seed 4 of both warps

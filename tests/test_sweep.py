@@ -27,7 +27,7 @@ from experiments.study import open_study
 from mlflow_ui_check import check_sweep, mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
-# NCHW: at these sizes on the CPU, group norm's channels_last backward takes 40% of a step (benchmarks/README.md)
+# NCHW: at these sizes on the CPU, the norm layers' channels_last backward takes 40% of a step (benchmarks/README.md)
 TINY = ("{F_dim: 16, L_dim: 8, N_dim: 4, D_out_dim: 16, train_vi_len: 4, val_vi_len: 8, batch_size: 4, "
         "partial: 0.5, per_save: 1, channels_last: false, ")
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -15,7 +15,7 @@ from cvae.train import (EpochReport, compile_fallback, compile_modules, fit, kl_
 
 TINY = dict(F_dim=16, L_dim=8, N_dim=2, D_out_dim=16, train_vi_len=4, val_vi_len=8, batch_size=4,
             kl_anneal_cycle=2, tfr=0.5, tfr_sde=0, tfr_d_step=0.1, per_save=1, seed=3,
-            channels_last=False)  # NCHW: at these sizes on the CPU, group norm is slow in channels_last
+            channels_last=False)  # NCHW: at these sizes on the CPU, the norm layers are slow in channels_last
 
 
 @pytest.fixture
